@@ -1,0 +1,299 @@
+"""The `fashionnet` command: each sub-command is a few lines over the Python API."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from fashionnet.errors import FashionNetError
+
+if TYPE_CHECKING:
+    from fashionnet.config import TrainConfig
+
+log = logging.getLogger("fashionnet")
+
+
+def _quiet_tensorflow() -> None:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import warnings
+
+    warnings.filterwarnings("ignore", module="keras")
+
+
+def _config_from_args(args) -> TrainConfig:
+    from fashionnet.config import TrainConfig, default_branch
+    from fashionnet.heads import HeadSpec
+
+    config = TrainConfig.from_toml(args.config) if args.config else TrainConfig()
+    overrides = {}
+    if args.dataset:
+        overrides["dataset"] = str(args.dataset)
+    for name in ("epochs", "batch_size", "learning_rate", "input_size", "split", "seed",
+                 "patience", "separator", "val_fraction", "test_fraction", "label_smoothing"):
+        value = getattr(args, name, None)
+        if value is not None:
+            overrides[name] = value
+    if args.holdout:
+        overrides["holdout"] = [c.strip() for c in args.holdout.split(",") if c.strip()]
+    for flag in ("augment", "strict"):
+        if getattr(args, flag):
+            overrides[flag] = True
+    if args.no_cache:
+        overrides["cache"] = False
+    if args.no_dedupe:
+        overrides["dedupe"] = False
+    heads = list(config.heads)
+    if args.heads:
+        multi = set(args.multi.split(",")) if args.multi else set()
+        heads = [HeadSpec(n.strip(), kind="multi" if n.strip() in multi else "single",
+                          branch=default_branch(n.strip()))
+                 for n in args.heads.split(",") if n.strip()]
+    for item in args.loss_weight or []:
+        name, _, weight = item.partition("=")
+        if not heads:
+            from fashionnet.data.sources import DEFAULT_HEADS
+            heads = [HeadSpec(n, branch=default_branch(n)) for n in DEFAULT_HEADS]
+        match = [h for h in heads if h.name == name]
+        if not match or not weight:
+            raise FashionNetError(f"--loss-weight {item!r}: expected HEAD=WEIGHT with a head "
+                                  f"among {[h.name for h in heads]}")
+        try:
+            match[0].loss_weight = float(weight)
+        except ValueError:
+            raise FashionNetError(f"--loss-weight {item!r}: {weight!r} is not a number") from None
+    overrides["heads"] = heads
+    import dataclasses
+
+    return dataclasses.replace(config, **overrides)
+
+
+def _add_train_options(p: argparse.ArgumentParser, dataset_required: bool = True) -> None:
+    p.add_argument("--dataset", type=Path, required=dataset_required and False,
+                   help="folder with one sub-folder per combination, or a CSV/JSON/JSONL manifest")
+    p.add_argument("--config", type=Path, help="TOML config (see README); flags override it")
+    p.add_argument("--heads", help="head names in folder-name order (default: color,category)")
+    p.add_argument("--multi", help="comma-separated heads that are multi-label (manifests)")
+    p.add_argument("--separator", help="folder-name separator (default: _)")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--learning-rate", type=float)
+    p.add_argument("--input-size", type=int)
+    p.add_argument("--split", choices=["standard", "recipe"],
+                   help="standard: train/val/test (default); recipe: 80/20, test used as "
+                        "validation, only to compare with the recipe")
+    p.add_argument("--val-fraction", type=float)
+    p.add_argument("--test-fraction", type=float)
+    p.add_argument("--holdout", help="combinations kept out of training, e.g. red_shirt,blue_jeans")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--patience", type=int, help="stop after N epochs without validation gain")
+    p.add_argument("--augment", action="store_true", help="flips, shifts, brightness/contrast")
+    p.add_argument("--label-smoothing", type=float)
+    p.add_argument("--loss-weight", action="append", metavar="HEAD=W")
+    p.add_argument("--strict", action="store_true", help="fail on the first unreadable image")
+    p.add_argument("--no-cache", action="store_true", help="do not cache decoded images")
+    p.add_argument("--no-dedupe", action="store_true", help="skip near-duplicate grouping")
+
+
+def cmd_train(args) -> int:
+    from fashionnet.training import train
+
+    config = _config_from_args(args)
+    result = train(config, args.output, overwrite=args.overwrite,
+                   verbose=2 if args.quiet else "auto")
+    print(_metrics_summary(result.metrics))
+    print(f"model bundle: {result.bundle.path}")
+    return 0
+
+
+def _metrics_summary(metrics: dict) -> str:
+    test = metrics["test"]
+    if not test.get("count"):
+        return "no test split"
+    parts = [f"{name} {100 * h['accuracy']:.2f}%" for name, h in test["heads"].items()]
+    return (f"test accuracy ({test['count']} images): " + ", ".join(parts)
+            + f"; exact match {100 * test['exact_match']:.2f}%")
+
+
+def cmd_classify(args) -> int:
+    from fashionnet.inference import expand_inputs, load
+
+    paths = expand_inputs(args.inputs)
+    predictor = load(args.model, backend=args.backend)
+    results = predictor.predict_files(paths, strict=args.strict, progress=not args.json)
+    failures = 0
+    for result in results:
+        if result.error:
+            failures += 1
+            print(f"error: {result.error}", file=sys.stderr)
+            continue
+        if args.json:
+            continue
+        if len(results) > 1:
+            print(f"{result.source}")
+        for name, head in result.heads.items():
+            print(f"{'  ' if len(results) > 1 else ''}{name}: {head.describe()}")
+        if args.annotate:
+            from fashionnet.annotate import annotate
+
+            annotate(result.source, result, args.annotate)
+    if args.json:
+        print(json.dumps([r.to_dict() for r in results], indent=2))
+    return 1 if failures == len(results) else 0
+
+
+def cmd_demo(args) -> int:
+    from fashionnet.demo import run_demo
+
+    run_demo(args.output, epochs=args.epochs, overwrite=True)
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from fashionnet.evaluation import evaluate, summary_table
+
+    out = args.output or Path(args.model) / "evaluation"
+    report = evaluate(args.model, args.dataset, output=out, subset=args.subset,
+                      backend=args.backend)
+    print(summary_table(report))
+    print(f"report: {out / 'report.md'}")
+    return 0
+
+
+def cmd_study(args) -> int:
+    from fashionnet.study import compositional_study
+
+    config = _config_from_args(args)
+    combos = [c for c in args.combinations.split(",") if c] if args.combinations else None
+    study = compositional_study(config, args.output, combinations=combos,
+                                verbose=2 if args.quiet else "auto")
+    print((Path(args.output) / "study.md").read_text())
+    return 0 if study["folds"] else 1
+
+
+def cmd_init_config(args) -> int:
+    from fashionnet.config_template import write_config
+
+    path = write_config(args.dataset, args.output, heads=args.heads, multi=args.multi,
+                        overwrite=args.overwrite)
+    print(f"wrote {path}")
+    return 0
+
+
+def cmd_export(args) -> int:
+    from fashionnet.runtime.export import export
+
+    for path in export(args.model, formats=args.format):
+        print(f"wrote {path}")
+    return 0
+
+
+def cmd_serve(args) -> int:
+    from fashionnet.server.app import serve
+
+    serve(args.model, host=args.host, port=args.port, max_bytes=args.max_bytes,
+          max_batch=args.max_batch, backend=args.backend)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="fashionnet", description="Multi-output image classification (one head per attribute).")
+    parser.add_argument("--version", action="version", version="fashionnet 0.1.0")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="train a model and write a bundle folder")
+    _add_train_options(p)
+    p.add_argument("--output", type=Path, required=True, help="bundle folder to create")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing bundle")
+    p.add_argument("--quiet", action="store_true", help="one line per epoch, no progress bar")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("classify", help="classify images with a trained bundle")
+    p.add_argument("--model", type=Path, required=True, help="bundle folder")
+    p.add_argument("inputs", nargs="+", help="image files or folders")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--annotate", type=Path, metavar="OUT_DIR", help="write labelled images here")
+    p.add_argument("--strict", action="store_true", help="stop at the first unreadable image")
+    p.add_argument("--backend", choices=["auto", "onnx", "keras"], default="auto")
+    p.set_defaults(func=cmd_classify)
+
+    p = sub.add_parser("demo", help="train on a generated dataset (no download) and report")
+    p.add_argument("--output", type=Path, default=Path("runs/demo"))
+    p.add_argument("--epochs", type=int, default=None)
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("evaluate", help="per-head, exact-match and seen/unseen report")
+    p.add_argument("--model", type=Path, required=True)
+    p.add_argument("--dataset", type=Path, required=True)
+    p.add_argument("--subset", choices=["train", "val", "test"],
+                   help="only the images the bundle's run put in this split")
+    p.add_argument("--output", type=Path, help="report folder (default: MODEL/evaluation)")
+    p.add_argument("--backend", choices=["auto", "onnx", "keras"], default="auto")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("study", help="studies; 'compositional' = leave-one-combination-out")
+    p.add_argument("kind", choices=["compositional"])
+    _add_train_options(p)
+    p.add_argument("--output", type=Path, default=Path("runs/study"))
+    p.add_argument("--combinations", help="only these folds (default: every feasible one)")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_study)
+
+    p = sub.add_parser("init-config", help="write a commented TOML config for a dataset")
+    p.add_argument("--dataset", type=Path, required=True)
+    p.add_argument("--output", type=Path, default=Path("fashionnet.toml"))
+    p.add_argument("--heads")
+    p.add_argument("--multi")
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(func=cmd_init_config)
+
+    p = sub.add_parser("export", help="export a bundle's model (ONNX, SavedModel)")
+    p.add_argument("model", type=Path)
+    p.add_argument("--format", action="append", choices=["onnx", "savedmodel"])
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("serve", help="HTTP API and web page")
+    p.add_argument("--model", type=Path, required=True)
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--max-bytes", type=int, default=10_000_000)
+    p.add_argument("--max-batch", type=int, default=32)
+    p.add_argument("--backend", choices=["auto", "onnx", "keras"], default="auto")
+    p.set_defaults(func=cmd_serve)
+    return parser
+
+
+class _Formatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        message = record.getMessage()
+        return f"warning: {message}" if record.levelno >= logging.WARNING else message
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    handler = logging.StreamHandler()
+    handler.setFormatter(_Formatter())
+    logger = logging.getLogger("fashionnet")
+    logger.handlers[:] = [handler]
+    logger.setLevel(logging.DEBUG if args.verbose else logging.INFO)
+    logger.propagate = False
+    _quiet_tensorflow()
+    try:
+        return args.func(args)
+    except FashionNetError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,114 @@
+"""The training configuration: defaults reproduce the recipe; a TOML file overrides them.
+
+    epochs = 30
+    holdout = ["red_shirt"]
+
+    [[heads]]
+    name = "color"
+    branch = "color"
+
+    [[heads]]
+    name = "occasions"
+    kind = "multi"
+    branch = "shared"
+    class_weights = "balanced"
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from pathlib import Path
+from typing import Any
+
+from fashionnet.errors import FashionNetError
+from fashionnet.heads import HeadSpec
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+
+def default_branch(head_name: str) -> str:
+    """Colour-like heads get the shallow RGB branch; all others the deep grayscale one."""
+    return "color" if head_name.lower().rstrip("s").endswith(("color", "colour")) else "gray"
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """Every knob of `fashionnet.train`. Field docs are in the README's config section."""
+
+    dataset: str = ""
+    heads: list[HeadSpec] = dataclasses.field(default_factory=list)
+    separator: str = "_"
+    multi_separator: str = "|"
+    path_column: str = "path"
+    input_size: int = 96
+    architecture: str = "recipe"
+    epochs: int = 50
+    batch_size: int = 32
+    learning_rate: float = 1e-3
+    lr_decay: str = "recipe"
+    split: str = "standard"
+    val_fraction: float = 0.1
+    test_fraction: float = 0.2
+    seed: int = 42
+    dedupe: bool = True
+    holdout: list[str] = dataclasses.field(default_factory=list)
+    augment: bool = False
+    label_smoothing: float = 0.0
+    patience: int = 0
+    strict: bool = False
+    cache: bool = True
+    calibrate: bool = True
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1 or self.batch_size < 1:
+            raise FashionNetError("epochs and batch_size must be at least 1")
+        if self.input_size < 32:
+            raise FashionNetError(f"input_size {self.input_size} is too small (minimum 32)")
+        if self.lr_decay not in ("recipe", "none"):
+            raise FashionNetError(f"lr_decay must be 'recipe' or 'none', not {self.lr_decay!r}")
+
+    def head_specs(self, names: list[str]) -> list[HeadSpec]:
+        """The configured heads, or default ones for the dataset's head names."""
+        if not self.heads:
+            return [HeadSpec(n, branch=default_branch(n)) for n in names]
+        configured = [h.name for h in self.heads]
+        missing = [n for n in configured if n not in names]
+        if missing:
+            raise FashionNetError(f"configured head(s) {missing} not found in the dataset "
+                                  f"(it has: {', '.join(names)})")
+        return list(self.heads)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["heads"] = [h.to_dict() for h in self.heads]
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], where: str = "config") -> TrainConfig:
+        data = dict(data)
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise FashionNetError(f"{where}: unknown setting(s) {sorted(unknown)}")
+        heads = [HeadSpec.from_dict(
+            {"branch": default_branch(h.get("name", "")), **h}, where)
+            for h in data.pop("heads", [])]
+        try:
+            return cls(heads=heads, **data)
+        except TypeError as exc:
+            raise FashionNetError(f"{where}: {exc}") from None
+
+    @classmethod
+    def from_toml(cls, path: str | Path) -> TrainConfig:
+        path = Path(path)
+        try:
+            data = tomllib.loads(path.read_text())
+        except OSError as exc:
+            raise FashionNetError(f"{path}: cannot read config ({exc.strerror})") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise FashionNetError(f"{path}: invalid TOML ({exc})") from None
+        return cls.from_dict(data, str(path))

@@ -1,0 +1,1 @@
+"""Data: sources -> records -> decoded uint8 images -> splits -> batches."""

@@ -1,0 +1,156 @@
+"""Train / validation / test splits: stratified by combination, seeded, near-duplicate safe.
+
+Near-duplicates (the same photo re-encoded or resized) are grouped with a perceptual hash and
+a group never straddles two splits, so test accuracy is not inflated by memorised copies.
+Held-out combinations go to the test split only: the model never sees them together.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections import defaultdict
+from collections.abc import Sequence
+
+import numpy as np
+
+from fashionnet.errors import FashionNetError
+from fashionnet.heads import HeadSpec, combination
+
+SPLIT_MODES = ("standard", "recipe")
+
+
+@dataclasses.dataclass
+class Split:
+    """Indices into the record list. In ``recipe`` mode ``val`` is the test set, as the recipe did."""
+
+    train: np.ndarray
+    val: np.ndarray
+    test: np.ndarray
+    mode: str = "standard"
+    duplicate_groups: int = 0
+
+    def summary(self) -> dict:
+        return {"mode": self.mode, "train": len(self.train), "val": len(self.val),
+                "test": len(self.test), "duplicate_groups": self.duplicate_groups}
+
+
+def perceptual_hash(images: np.ndarray) -> np.ndarray:
+    """64-bit difference hash per uint8 RGB image: robust to re-encoding and resizing."""
+    gray = images.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
+    n, h, w = gray.shape
+    rows = np.linspace(0, h, 9, dtype=int)
+    cols = np.linspace(0, w, 10, dtype=int)
+    # Box-average into an 8x9 grid, then compare horizontal neighbours.
+    grid = np.add.reduceat(np.add.reduceat(gray, rows[:-1], axis=1), cols[:-1], axis=2)
+    bits = (grid[:, :, 1:] > grid[:, :, :-1]).reshape(n, 64)
+    return np.packbits(bits, axis=1).view(">u8").ravel()
+
+
+def _thumbnails(images: np.ndarray, side: int = 16) -> np.ndarray:
+    n, h, w, c = images.shape
+    rows = np.linspace(0, h, side + 1, dtype=int)
+    cols = np.linspace(0, w, side + 1, dtype=int)
+    sums = np.add.reduceat(np.add.reduceat(images.astype(np.float32), rows[:-1], axis=1),
+                           cols[:-1], axis=2)
+    area = np.outer(np.diff(rows), np.diff(cols))[None, :, :, None]
+    return sums / area
+
+
+def duplicate_groups(images: np.ndarray, max_hash_distance: int = 8,
+                     max_pixel_difference: float = 4.0) -> np.ndarray:
+    """Group id per image; near-duplicates (re-encoded, resized copies) share a group.
+
+    The hash only proposes candidates (photos of similar garments on white backgrounds hash
+    alike); a pair is a duplicate when their 16x16 colour thumbnails also differ by at most
+    ``max_pixel_difference`` (of 255) on average. On the fashion dataset true copies differ
+    by < 1 and distinct photos by > 8.
+    """
+    hashes = perceptual_hash(images)
+    thumbs = _thumbnails(images)
+    n = len(hashes)
+    parent = np.arange(n)
+
+    def find(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    as_bytes = hashes.astype(">u8").view(np.uint8).reshape(n, 8)
+    for i in range(n - 1):
+        xor = np.bitwise_xor(as_bytes[i + 1:], as_bytes[i])
+        candidates = np.nonzero(np.unpackbits(xor, axis=1).sum(axis=1) <= max_hash_distance)[0]
+        for j in candidates + i + 1:
+            if np.abs(thumbs[i] - thumbs[j]).mean() <= max_pixel_difference:
+                parent[find(int(j))] = find(i)
+    roots = np.array([find(i) for i in range(n)])
+    _, group = np.unique(roots, return_inverse=True)
+    return group
+
+
+def check_holdout(records: Sequence, heads: Sequence[HeadSpec],
+                  holdout: Sequence[str]) -> None:
+    """Refuse a hold-out that leaves some label of some head with no training example."""
+    combos = [combination(r.labels, heads) for r in records]
+    unknown = set(holdout) - set(combos)
+    if unknown:
+        raise FashionNetError(f"hold-out combination(s) {sorted(unknown)} not in the dataset "
+                              f"(have: {', '.join(sorted(set(combos)))})")
+    remaining = [r for r, c in zip(records, combos) if c not in holdout]
+    for head in heads:
+        left: set[str] = set()
+        for record in remaining:
+            label = record.labels.get(head.name)
+            if label is not None:
+                left.update(label if isinstance(label, frozenset) else [label])
+        missing = set(head.classes) - left
+        if missing:
+            raise FashionNetError(
+                f"holding out {', '.join(holdout)} leaves {head.name} {sorted(missing)} with no "
+                f"training example; the model could never learn it")
+
+
+def split_records(records: Sequence, heads: Sequence[HeadSpec], *, mode: str = "standard",
+                  val_fraction: float = 0.1, test_fraction: float = 0.2, seed: int = 42,
+                  groups: np.ndarray | None = None, holdout: Sequence[str] = ()) -> Split:
+    """Stratify by combination; keep each near-duplicate group in one split."""
+    if mode not in SPLIT_MODES:
+        raise FashionNetError(f"split must be one of {SPLIT_MODES}, not {mode!r}")
+    if mode == "recipe":
+        val_fraction = 0.0
+    if not 0 < test_fraction < 1 or not 0 <= val_fraction < 1 - test_fraction:
+        raise FashionNetError("split fractions must satisfy 0 < test, 0 <= val, val + test < 1")
+    if holdout:
+        check_holdout(records, heads, holdout)
+    groups = np.arange(len(records)) if groups is None else np.asarray(groups)
+    rng = np.random.default_rng(seed)
+    by_combo: dict[str, list[int]] = defaultdict(list)
+    for i, record in enumerate(records):
+        by_combo[combination(record.labels, heads)].append(i)
+    train: list[int] = []
+    val: list[int] = []
+    test: list[int] = []
+    for combo in sorted(by_combo):
+        indices = by_combo[combo]
+        if combo in holdout:
+            test.extend(indices)
+            continue
+        members: dict[int, list[int]] = defaultdict(list)
+        for i in indices:
+            members[int(groups[i])].append(i)
+        order = list(members)
+        rng.shuffle(order)
+        n = len(indices)
+        n_test, n_val = round(n * test_fraction), round(n * val_fraction)
+        taken = 0
+        for g in order:
+            target = test if taken < n_test else val if taken < n_test + n_val else train
+            target.extend(members[g])
+            taken += len(members[g])
+    train_a, val_a, test_a = (np.array(sorted(x), dtype=np.int64) for x in (train, val, test))
+    if mode == "recipe":
+        val_a = test_a
+    if len(train_a) == 0:
+        raise FashionNetError("the training split is empty: the dataset is too small")
+    n_groups = int((np.bincount(np.unique(groups, return_inverse=True)[1]) > 1).sum())
+    return Split(train_a, val_a, test_a, mode, n_groups)

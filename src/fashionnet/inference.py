@@ -1,0 +1,188 @@
+"""Predictions from a bundle: files or arrays in, labelled per-head results out.
+
+    predictor = fashionnet.load("runs/recipe")
+    result = predictor.predict_files(["dress.jpg"])[0]
+    result.heads["category"].label, result.heads["category"].probability
+
+Preprocessing is the bundle's own (`decode_image` with its size), exactly as in training.
+Runs the exported ONNX model when the bundle has one and onnxruntime is installed (no
+TensorFlow import), else the Keras model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from fashionnet.bundle import Bundle, load_bundle
+from fashionnet.data.images import DEFAULT_MAX_PIXELS, ImageDecodeError, decode_image
+from fashionnet.errors import FashionNetError
+from fashionnet.heads import HeadSpec
+from fashionnet.metrics import apply_temperature
+from fashionnet.runtime.runners import KerasRunner, OnnxRunner, Runner, onnx_available
+
+BACKENDS = ("auto", "onnx", "keras")
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff", ".jfif"}
+
+
+@dataclasses.dataclass
+class HeadPrediction:
+    """One head's answer: the label (or set of labels for a multi-label head)."""
+
+    label: str | list[str]
+    probability: float | list[float]
+    probabilities: dict[str, float]
+    multi: bool = False
+
+    def describe(self) -> str:
+        if self.multi:
+            items = ", ".join(f"{lab} ({p:.2%})" for lab, p in zip(self.label, self.probability))
+            return f"[{items}]"
+        return f"{self.label} ({self.probability:.2%})"
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+@dataclasses.dataclass
+class Prediction:
+    source: str
+    heads: dict[str, HeadPrediction] = dataclasses.field(default_factory=dict)
+    error: str | None = None
+
+    def to_dict(self) -> dict:
+        if self.error:
+            return {"source": self.source, "error": self.error}
+        return {"source": self.source,
+                "heads": {name: h.to_dict() for name, h in self.heads.items()}}
+
+
+def head_prediction(head: HeadSpec, probs: np.ndarray) -> HeadPrediction:
+    table = {c: round(float(p), 6) for c, p in zip(head.classes, probs)}
+    if head.multi:
+        chosen = [i for i in np.argsort(-probs) if probs[i] >= head.threshold]
+        return HeadPrediction([head.classes[i] for i in chosen],
+                              [round(float(probs[i]), 6) for i in chosen], table, multi=True)
+    top = int(np.argmax(probs))
+    return HeadPrediction(head.classes[top], round(float(probs[top]), 6), table)
+
+
+class Predictor:
+    """A loaded bundle, ready to classify. ``backend``: auto (ONNX if possible), onnx, keras."""
+
+    def __init__(self, bundle: Bundle, backend: str = "auto", calibrated: bool = True,
+                 batch_size: int = 64, max_pixels: int = DEFAULT_MAX_PIXELS):
+        if backend not in BACKENDS:
+            raise FashionNetError(f"backend must be one of {BACKENDS}, not {backend!r}")
+        self.bundle = bundle
+        self.heads = bundle.heads
+        self.batch_size = batch_size
+        self.max_pixels = max_pixels
+        self.temperatures = bundle.temperatures if calibrated else {}
+        outputs = [h.output_name for h in self.heads]
+        use_onnx = backend == "onnx" or (
+            backend == "auto" and bundle.onnx_path.is_file() and onnx_available())
+        if use_onnx:
+            if not bundle.onnx_path.is_file():
+                raise FashionNetError(f"{bundle.onnx_path}: missing; run `fashionnet export "
+                                      f"{bundle.path}` first")
+            self.runner: Runner = OnnxRunner(bundle.onnx_path, outputs)
+        else:
+            if not bundle.keras_path.is_file():
+                raise FashionNetError(f"{bundle.keras_path}: missing from the bundle")
+            try:
+                self.runner = KerasRunner(bundle.keras_path, outputs)
+            except ImportError:
+                raise FashionNetError(
+                    f"{bundle.path}: has no model.onnx and Keras is not installed; install "
+                    "fashionnet[train] or export the bundle to ONNX") from None
+
+    @property
+    def backend(self) -> str:
+        return self.runner.name
+
+    def decode(self, source: str | Path | bytes) -> np.ndarray:
+        p = self.bundle.preprocessing
+        return decode_image(source, p.size, self.max_pixels, p.background)
+
+    def predict_probabilities(self, images: np.ndarray) -> list[np.ndarray]:
+        """uint8 images (n, size, size, 3) -> calibrated probabilities, one array per head."""
+        chunks: list[list[np.ndarray]] = [[] for _ in self.heads]
+        scale = np.float32(self.bundle.preprocessing.scale)
+        for start in range(0, len(images), self.batch_size):
+            batch = images[start:start + self.batch_size].astype(np.float32) * scale
+            for chunk, out in zip(chunks, self.runner(batch)):
+                chunk.append(np.asarray(out, dtype=np.float32))
+        probs = [np.concatenate(c) if c else np.zeros((0, len(h.classes)), np.float32)
+                 for c, h in zip(chunks, self.heads)]
+        return [apply_temperature(p, self.temperatures.get(h.name, 1.0), h.multi)
+                for p, h in zip(probs, self.heads)]
+
+    def predict_arrays(self, images: np.ndarray, sources: Sequence[str] | None = None
+                       ) -> list[Prediction]:
+        probs = self.predict_probabilities(images)
+        sources = sources or [f"image {i}" for i in range(len(images))]
+        return [Prediction(src, {h.name: head_prediction(h, p[i])
+                                 for h, p in zip(self.heads, probs)})
+                for i, src in enumerate(sources)]
+
+    def predict_files(self, paths: Sequence[str | Path], strict: bool = False,
+                      progress: bool = False) -> list[Prediction]:
+        """One Prediction per path, in order; unreadable files get ``error`` (or raise if strict)."""
+        results: list[Prediction] = []
+        for chunk in _chunks(list(paths), self.batch_size, progress):
+            images, ok, errors = [], [], {}
+            for i, path in enumerate(chunk):
+                try:
+                    images.append(self.decode(path))
+                    ok.append(i)
+                except ImageDecodeError as exc:
+                    if strict:
+                        raise
+                    errors[i] = str(exc)
+            predicted = (self.predict_arrays(np.stack(images), [str(chunk[i]) for i in ok])
+                         if images else [])
+            by_index = dict(zip(ok, predicted))
+            results.extend(by_index.get(i) or Prediction(str(p), error=errors[i])
+                           for i, p in enumerate(chunk))
+        return results
+
+
+def _chunks(items: list, size: int, progress: bool) -> Iterator[list]:
+    bar = None
+    if progress and len(items) > size:
+        from tqdm import tqdm
+        bar = tqdm(total=len(items), desc="classifying", unit="img", leave=False, disable=None)
+    for start in range(0, len(items), size):
+        chunk = items[start:start + size]
+        yield chunk
+        if bar is not None:
+            bar.update(len(chunk))
+    if bar is not None:
+        bar.close()
+
+
+def load(path: str | Path, backend: str = "auto", calibrated: bool = True) -> Predictor:
+    """Load a bundle folder into a `Predictor`."""
+    return Predictor(load_bundle(path), backend=backend, calibrated=calibrated)
+
+
+def expand_inputs(inputs: Sequence[str | Path]) -> list[Path]:
+    """Files as given; folders expanded (recursively) to the image files inside, sorted."""
+    paths: list[Path] = []
+    for item in inputs:
+        item = Path(item)
+        if item.is_dir():
+            found = sorted(p for p in item.rglob("*")
+                           if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            if not found:
+                raise FashionNetError(f"{item}: no image files in this folder")
+            paths.extend(found)
+        elif item.exists():
+            paths.append(item)
+        else:
+            raise FashionNetError(f"{item}: no such file or folder")
+    return paths

@@ -1,0 +1,99 @@
+"""FashionNet: one branch per kind of evidence, one output per head.
+
+``recipe`` reproduces the Keras "multiple outputs and multiple losses" network exactly: a deep
+branch on grayscale (CONV32 -> 2xCONV64 -> 2xCONV128, FC256) for the category and a shallow
+branch on RGB (CONV16 -> CONV32 -> CONV32, FC128) for the colour. Heads that name the same
+branch share its convolutional trunk and each get their own dense layers.
+
+    model = build_model([HeadSpec("color", ["red", "blue"], branch="color"),
+                         HeadSpec("category", ["dress", "shoes"], branch="gray")])
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import keras
+from keras import layers
+
+from fashionnet.heads import HeadSpec
+from fashionnet.model.layers import Grayscale
+
+VARIANTS = ("recipe",)
+
+
+def _conv(x, filters: int, prefix: str):
+    x = layers.Conv2D(filters, 3, padding="same", name=f"{prefix}_conv")(x)
+    x = layers.Activation("relu", name=f"{prefix}_relu")(x)
+    return layers.BatchNormalization(axis=-1, name=f"{prefix}_bn")(x)
+
+
+def _pool(x, size: int, prefix: str):
+    x = layers.MaxPooling2D(pool_size=size, name=f"{prefix}_pool")(x)
+    return layers.Dropout(0.25, name=f"{prefix}_drop")(x)
+
+
+def deep_trunk(x, prefix: str):
+    """The recipe's category branch: CONV32 -> POOL3 -> 2xCONV64 -> POOL -> 2xCONV128 -> POOL."""
+    x = _pool(_conv(x, 32, f"{prefix}1"), 3, f"{prefix}1")
+    x = _conv(x, 64, f"{prefix}2a")
+    x = _pool(_conv(x, 64, f"{prefix}2b"), 2, f"{prefix}2")
+    x = _conv(x, 128, f"{prefix}3a")
+    x = _pool(_conv(x, 128, f"{prefix}3b"), 2, f"{prefix}3")
+    return layers.Flatten(name=f"{prefix}_flatten")(x)
+
+
+def shallow_trunk(x, prefix: str):
+    """The recipe's colour branch: CONV16 -> POOL3 -> CONV32 -> POOL -> CONV32 -> POOL."""
+    x = _pool(_conv(x, 16, f"{prefix}1"), 3, f"{prefix}1")
+    x = _pool(_conv(x, 32, f"{prefix}2"), 2, f"{prefix}2")
+    x = _pool(_conv(x, 32, f"{prefix}3"), 2, f"{prefix}3")
+    return layers.Flatten(name=f"{prefix}_flatten")(x)
+
+
+def _head(features, head: HeadSpec, units: int):
+    x = layers.Dense(units, name=f"{head.name}_fc")(features)
+    x = layers.Activation("relu", name=f"{head.name}_fc_relu")(x)
+    x = layers.BatchNormalization(name=f"{head.name}_fc_bn")(x)
+    x = layers.Dropout(0.5, name=f"{head.name}_fc_drop")(x)
+    x = layers.Dense(len(head.classes), name=f"{head.name}_logits")(x)
+    activation = "sigmoid" if head.multi else "softmax"
+    return layers.Activation(activation, dtype="float32", name=head.output_name)(x)
+
+
+def build_model(heads: Sequence[HeadSpec], input_size: int = 96,
+                variant: str = "recipe") -> keras.Model:
+    """A Keras model with one output per head, named ``<head>_output``, in the heads' order."""
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown architecture {variant!r}; choose from {VARIANTS}")
+    inputs = keras.Input(shape=(input_size, input_size, 3), name="image")
+    trunks = {}
+    outputs = []
+    for head in heads:
+        if head.branch not in trunks:
+            if head.branch == "gray":
+                trunks["gray"] = (deep_trunk(Grayscale(name="grayscale")(inputs), "gray"), 256)
+            elif head.branch == "shared":
+                trunks["shared"] = (deep_trunk(inputs, "shared"), 256)
+            else:
+                trunks["color"] = (shallow_trunk(inputs, "color"), 128)
+        features, units = trunks[head.branch]
+        outputs.append(_head(features, head, units))
+    return keras.Model(inputs, outputs, name="fashionnet")
+
+
+def predict_probabilities(model: keras.Model, images, scale: float = 1.0 / 255.0,
+                          batch_size: int = 128) -> list:
+    """uint8 images -> one float32 probability array per output, in output order."""
+    import numpy as np
+
+    from fashionnet.data.images import to_model_input
+
+    chunks: list[list] = [[] for _ in model.outputs]
+    for start in range(0, len(images), batch_size):
+        outputs = model(to_model_input(images[start:start + batch_size], scale), training=False)
+        outputs = outputs if isinstance(outputs, (list, tuple)) else [outputs]
+        for chunk, out in zip(chunks, outputs):
+            chunk.append(keras.ops.convert_to_numpy(out))
+    return [np.concatenate(c) if c else np.zeros((0, o.shape[-1]), np.float32)
+            for c, o in zip(chunks, model.outputs)]

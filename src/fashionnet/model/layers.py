@@ -1,0 +1,119 @@
+"""Registered, serializable layers, losses and metrics: a saved model loads in safe mode.
+
+Targets for a head whose label is unknown are a row of -1 (see `fashionnet.heads`); the loss
+and the metric here skip such rows, so a record missing one label still trains the others.
+"""
+
+from __future__ import annotations
+
+import keras
+from keras import ops
+
+PACKAGE = "fashionnet"
+EPSILON = 1e-7
+
+
+@keras.saving.register_keras_serializable(PACKAGE)
+class Grayscale(keras.layers.Layer):
+    """RGB -> luminance (ITU-R 601), so the category branch cannot use colour."""
+
+    def call(self, inputs):
+        weights = ops.convert_to_tensor([0.2989, 0.5870, 0.1140], dtype=inputs.dtype)
+        return ops.expand_dims(ops.tensordot(inputs, weights, axes=[[-1], [0]]), -1)
+
+    def compute_output_shape(self, input_shape):
+        return (*input_shape[:-1], 1)
+
+
+def _known_rows(y_true):
+    return ops.cast(y_true[:, 0] >= 0, "float32")
+
+
+@keras.saving.register_keras_serializable(PACKAGE)
+class HeadLoss(keras.losses.Loss):
+    """Cross-entropy for one head, masked for unknown labels.
+
+    ``multi`` picks binary cross-entropy over sigmoid outputs, else categorical cross-entropy.
+    Optional class weights (one per class, applied by the true class / positive labels),
+    label smoothing and focal modulation. The mean runs over the labelled rows only.
+    """
+
+    def __init__(self, multi: bool = False, class_weights: list[float] | None = None,
+                 label_smoothing: float = 0.0, focal_gamma: float = 0.0,
+                 name: str = "head_loss", **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.multi = multi
+        self.class_weights = list(class_weights) if class_weights is not None else None
+        self.label_smoothing = label_smoothing
+        self.focal_gamma = focal_gamma
+
+    def call(self, y_true, y_pred):
+        y_true = ops.cast(y_true, "float32")
+        y_pred = ops.clip(ops.cast(y_pred, "float32"), EPSILON, 1.0 - EPSILON)
+        mask = _known_rows(y_true)
+        y = ops.maximum(y_true, 0.0)
+        classes = ops.shape(y)[-1]
+        smoothed = y
+        if self.label_smoothing:
+            spread = 0.5 if self.multi else 1.0 / ops.cast(classes, "float32")
+            smoothed = y * (1.0 - self.label_smoothing) + self.label_smoothing * spread
+        weights = (ops.convert_to_tensor(self.class_weights, "float32")
+                   if self.class_weights is not None else None)
+        if self.multi:
+            loss = -(smoothed * ops.log(y_pred) + (1.0 - smoothed) * ops.log(1.0 - y_pred))
+            if self.focal_gamma:
+                p_true = y * y_pred + (1.0 - y) * (1.0 - y_pred)
+                loss = loss * ops.power(1.0 - p_true, self.focal_gamma)
+            if weights is not None:
+                loss = loss * (y * weights + (1.0 - y))
+            per_row = ops.mean(loss, axis=-1)
+        else:
+            loss = -smoothed * ops.log(y_pred)
+            if self.focal_gamma:
+                loss = loss * ops.power(1.0 - y_pred, self.focal_gamma)
+            per_row = ops.sum(loss, axis=-1)
+            if weights is not None:
+                per_row = per_row * ops.sum(y * weights, axis=-1)
+        per_row = per_row * mask
+        # The default reduction divides by the batch size; rescale so it divides by the
+        # number of labelled rows instead.
+        batch = ops.cast(ops.shape(y)[0], "float32")
+        return per_row * batch / ops.maximum(ops.sum(mask), 1.0)
+
+    def get_config(self):
+        return {**super().get_config(), "multi": self.multi, "class_weights": self.class_weights,
+                "label_smoothing": self.label_smoothing, "focal_gamma": self.focal_gamma}
+
+
+@keras.saving.register_keras_serializable(PACKAGE)
+class HeadAccuracy(keras.metrics.Metric):
+    """Accuracy over labelled rows; a multi-label row counts only if its whole set is right."""
+
+    def __init__(self, multi: bool = False, threshold: float = 0.5, name: str = "accuracy",
+                 **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.multi = multi
+        self.threshold = threshold
+        self.correct = self.add_variable(shape=(), initializer="zeros", name="correct")
+        self.total = self.add_variable(shape=(), initializer="zeros", name="total")
+
+    def update_state(self, y_true, y_pred, sample_weight=None):
+        y_true = ops.cast(y_true, "float32")
+        mask = _known_rows(y_true)
+        if self.multi:
+            predicted = ops.cast(y_pred >= self.threshold, "float32")
+            right = ops.all(ops.equal(predicted, ops.cast(y_true > 0.5, "float32")), axis=-1)
+        else:
+            right = ops.equal(ops.argmax(y_true, axis=-1), ops.argmax(y_pred, axis=-1))
+        self.correct.assign_add(ops.sum(ops.cast(right, "float32") * mask))
+        self.total.assign_add(ops.sum(mask))
+
+    def result(self):
+        return self.correct / ops.maximum(self.total, 1.0)
+
+    def reset_state(self):
+        self.correct.assign(0.0)
+        self.total.assign(0.0)
+
+    def get_config(self):
+        return {**super().get_config(), "multi": self.multi, "threshold": self.threshold}

@@ -1,0 +1,73 @@
+"""Training curves and confusion matrices as PNG files (matplotlib, headless Agg backend)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_history(history: dict[str, list[float]], head_names: Sequence[str],
+                 out_dir: str | Path) -> list[Path]:
+    """``losses.png``: total then per-head loss (stacked); ``accuracy.png``: one panel per head.
+
+    Train curves are solid, validation dashed.
+    """
+    plt = _pyplot()
+    out_dir = Path(out_dir)
+    epochs = np.arange(1, len(history.get("loss", [])) + 1)
+    written = []
+    for filename, keys, titles in (
+        ("losses.png", ["loss"] + [f"{h}_output_loss" for h in head_names],
+         ["total loss"] + [f"{h} loss" for h in head_names]),
+        ("accuracy.png", [f"{h}_output_accuracy" for h in head_names],
+         [f"{h} accuracy" for h in head_names]),
+    ):
+        fig, axes = plt.subplots(len(keys), 1, figsize=(8, 2.6 * len(keys)), squeeze=False)
+        for ax, key, title in zip(axes[:, 0], keys, titles):
+            if key in history:
+                ax.plot(epochs, history[key], label="train")
+            if f"val_{key}" in history:
+                ax.plot(epochs, history[f"val_{key}"], "--", label="validation")
+            ax.set_title(title)
+            ax.set_xlabel("epoch")
+            ax.grid(alpha=0.3)
+            ax.legend(loc="best")
+        fig.tight_layout()
+        path = out_dir / filename
+        fig.savefig(path, dpi=90)
+        plt.close(fig)
+        written.append(path)
+    return written
+
+
+def plot_confusion(matrix: np.ndarray, classes: Sequence[str], title: str,
+                   path: str | Path) -> Path:
+    """A confusion matrix with counts in the cells; rows are true classes."""
+    plt = _pyplot()
+    size = max(4.0, 0.6 * len(classes) + 2)
+    fig, ax = plt.subplots(figsize=(size, size))
+    ax.imshow(matrix, cmap="Blues")
+    ax.set_xticks(range(len(classes)), classes, rotation=45, ha="right")
+    ax.set_yticks(range(len(classes)), classes)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title)
+    peak = matrix.max() if matrix.size else 0
+    for (i, j), count in np.ndenumerate(matrix):
+        ax.text(j, i, str(count), ha="center", va="center",
+                color="white" if count > peak / 2 else "black")
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return Path(path)

@@ -1,0 +1,270 @@
+"""Train a FashionNet on a dataset and write a model bundle.
+
+    from fashionnet import TrainConfig, train
+    result = train(TrainConfig(dataset="photos/", epochs=20), output="runs/first")
+    print(result.metrics["test"]["exact_match"])
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import logging
+import math
+import time
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+
+import keras
+import numpy as np
+
+from fashionnet.bundle import Bundle, atomic_directory, write_json
+from fashionnet.config import TrainConfig
+from fashionnet.data.images import Preprocessing, decode_many
+from fashionnet.data.pipeline import batches
+from fashionnet.data.sources import Record, read_dataset
+from fashionnet.data.splits import Split, duplicate_groups, split_records
+from fashionnet.errors import FashionNetError
+from fashionnet.heads import HeadSpec, combination, encode_targets, fit_classes
+from fashionnet.metrics import (
+    accuracy,
+    apply_temperature,
+    cross_entropy,
+    exact_match,
+    expected_calibration_error,
+    fit_temperature,
+)
+from fashionnet.model.fashionnet import build_model, predict_probabilities
+from fashionnet.model.layers import HeadAccuracy, HeadLoss
+from fashionnet.plots import plot_history
+
+log = logging.getLogger("fashionnet")
+
+
+@dataclasses.dataclass
+class Dataset:
+    """Decoded records ready to split: what every training run starts from."""
+
+    records: list[Record]
+    heads: list[HeadSpec]
+    images: np.ndarray
+    skipped: list[str]
+
+    def targets(self, indices: np.ndarray | None = None) -> dict[str, np.ndarray]:
+        records = self.records if indices is None else [self.records[i] for i in indices]
+        return encode_targets(records, self.heads)
+
+
+@dataclasses.dataclass
+class TrainResult:
+    bundle: Bundle
+    metrics: dict
+
+
+def load_dataset(config: TrainConfig, progress: bool = True) -> Dataset:
+    """Read the source, fit the heads' classes, decode every image (skipping bad files)."""
+    if not config.dataset:
+        raise FashionNetError("no dataset given (--dataset DIR or a manifest)")
+    multi = [h.name for h in config.heads if h.multi]
+    names = [h.name for h in config.heads] or None
+    records, found = read_dataset(config.dataset, names, multi, config.separator,
+                                  config.multi_separator, config.path_column)
+    decoded = decode_many([r.path for r in records], config.input_size, strict=config.strict,
+                          progress=progress, cache=config.cache)
+    records = [records[i] for i in decoded.kept]
+    if not records:
+        raise FashionNetError(f"{config.dataset}: no readable images")
+    heads = fit_classes(config.head_specs(found), records)
+    return Dataset(records, heads, decoded.images, decoded.failures)
+
+
+def split_dataset(data: Dataset, config: TrainConfig) -> Split:
+    groups = duplicate_groups(data.images) if config.dedupe else None
+    return split_records(data.records, data.heads, mode=config.split,
+                         val_fraction=config.val_fraction, test_fraction=config.test_fraction,
+                         seed=config.seed, groups=groups, holdout=config.holdout)
+
+
+def class_weight_vector(head: HeadSpec, targets: np.ndarray) -> list[float] | None:
+    """Per-class loss weights: ``balanced`` = n / (classes * count), or the configured table."""
+    if head.class_weights is None:
+        return None
+    if isinstance(head.class_weights, dict):
+        unknown = set(head.class_weights) - set(head.classes)
+        if unknown:
+            raise FashionNetError(f"head {head.name!r}: class_weights for unknown {sorted(unknown)}")
+        return [float(head.class_weights.get(c, 1.0)) for c in head.classes]
+    if head.class_weights != "balanced":
+        raise FashionNetError(f"head {head.name!r}: class_weights must be 'balanced' or a table")
+    labelled = targets[targets[:, 0] >= 0]
+    counts = np.maximum(labelled.sum(axis=0), 1.0)
+    return (len(labelled) / (len(head.classes) * counts)).round(6).tolist()
+
+
+def compile_model(model, heads: Sequence[HeadSpec], config: TrainConfig,
+                  train_targets: dict[str, np.ndarray]) -> None:
+    lr = config.learning_rate
+    if config.lr_decay == "recipe":
+        # Keras 2's Adam(decay=lr/epochs): lr / (1 + decay * step), decayed every batch.
+        lr = keras.optimizers.schedules.InverseTimeDecay(
+            config.learning_rate, decay_steps=1, decay_rate=config.learning_rate / config.epochs)
+    model.compile(
+        optimizer=keras.optimizers.Adam(learning_rate=lr),
+        loss={h.output_name: HeadLoss(multi=h.multi, focal_gamma=h.focal_gamma,
+                                      label_smoothing=config.label_smoothing,
+                                      class_weights=class_weight_vector(
+                                          h, train_targets[h.output_name]))
+              for h in heads},
+        loss_weights={h.output_name: h.loss_weight for h in heads},
+        metrics={h.output_name: [HeadAccuracy(multi=h.multi, threshold=h.threshold)]
+                 for h in heads},
+    )
+
+
+def evaluate_split(model, heads: Sequence[HeadSpec], images: np.ndarray,
+                   targets: dict[str, np.ndarray],
+                   temperatures: dict[str, float] | None = None) -> dict:
+    """Per-head accuracy and loss, and exact match, of a model on one split."""
+    if len(images) == 0:
+        return {"count": 0}
+    probs = predict_probabilities(model, images)
+    if temperatures:
+        probs = [apply_temperature(p, temperatures.get(h.name, 1.0), h.multi)
+                 for p, h in zip(probs, heads)]
+    out: dict = {"count": int(len(images)), "heads": {}}
+    for head, p in zip(heads, probs):
+        t = targets[head.output_name]
+        out["heads"][head.name] = {
+            "accuracy": accuracy(t, p, head.multi, head.threshold),
+            "loss": cross_entropy(t, p, head.multi),
+        }
+    out["exact_match"] = exact_match([targets[h.output_name] for h in heads], probs,
+                                     [h.multi for h in heads], [h.threshold for h in heads])
+    out["_probs"] = probs
+    return out
+
+
+class BestEpoch(keras.callbacks.Callback):
+    """Score validation exact match each epoch; keep the best weights; stop after patience."""
+
+    def __init__(self, heads, images, targets, patience: int, restore: bool):
+        super().__init__()
+        self.heads, self.images, self.targets = heads, images, targets
+        self.patience, self.restore = patience, restore
+        self.scores: list[float] = []
+        self.best = (-math.inf, -math.inf)
+        self.best_epoch = -1
+        self.best_weights = None
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs if logs is not None else {}
+        score = evaluate_split(self.model, self.heads, self.images, self.targets)["exact_match"]
+        self.scores.append(score)
+        logs["val_exact_match"] = score
+        key = (score, -float(logs.get("val_loss", 0.0)))
+        if key > self.best:
+            self.best, self.best_epoch = key, epoch
+            if self.restore:
+                self.best_weights = self.model.get_weights()
+        elif self.patience and epoch - self.best_epoch >= self.patience:
+            self.model.stop_training = True
+
+    def on_train_end(self, logs=None):
+        if self.restore and self.best_weights is not None:
+            self.model.set_weights(self.best_weights)
+
+
+def train(config: TrainConfig, output: str | Path, *, overwrite: bool = False,
+          verbose: int | str = "auto", data: Dataset | None = None) -> TrainResult:
+    """Train on ``config.dataset`` and write a bundle at ``output`` (atomically)."""
+    output = Path(output)
+    if output.exists() and not overwrite:
+        raise FashionNetError(f"{output}: already exists; choose another --output or "
+                              f"pass --overwrite")
+    keras.utils.set_random_seed(config.seed)
+    data = data or load_dataset(config, progress=verbose != 0)
+    heads = data.heads
+    split = split_dataset(data, config)
+    log.info("split: %s", split.summary())
+    targets = {name: data.targets(getattr(split, name)) for name in ("train", "val", "test")}
+    images = {name: data.images[getattr(split, name)] for name in ("train", "val", "test")}
+    has_val = split.mode == "standard" and len(split.val) > 0
+
+    model = build_model(heads, config.input_size, config.architecture)
+    train_batches = batches(images["train"], targets["train"], config.batch_size, shuffle=True,
+                            augment=config.augment, seed=config.seed)
+    val_batches = (batches(images["val"], targets["val"], config.batch_size)
+                   if len(split.val) else None)
+    compile_model(model, heads, config, targets["train"])
+    best = BestEpoch(heads, images["val"], targets["val"], config.patience, restore=has_val)
+    callbacks = [best] if len(split.val) else []
+    started = time.perf_counter()
+    history = model.fit(train_batches, validation_data=val_batches, epochs=config.epochs,
+                        callbacks=callbacks, verbose=verbose)
+    fit_seconds = time.perf_counter() - started
+    epochs_run = len(history.history.get("loss", []))
+    hist = dict(history.history)
+    if callbacks:
+        hist["val_exact_match"] = best.scores
+
+    temperatures: dict[str, float] = {}
+    val_result = evaluate_split(model, heads, images["val"], targets["val"]) if has_val else None
+    if config.calibrate and val_result:
+        temperatures = {h.name: round(fit_temperature(targets["val"][h.output_name], p, h.multi), 4)
+                        for h, p in zip(heads, val_result["_probs"])}
+    test_result = evaluate_split(model, heads, images["test"], targets["test"])
+    train_result = evaluate_split(model, heads, images["train"], targets["train"])
+    if temperatures and test_result["count"]:
+        calibrated = [apply_temperature(p, temperatures[h.name], h.multi)
+                      for h, p in zip(heads, test_result["_probs"])]
+        for h, raw, cal in zip(heads, test_result["_probs"], calibrated):
+            if not h.multi:
+                t = targets["test"][h.output_name]
+                test_result["heads"][h.name]["ece"] = expected_calibration_error(t, raw)
+                test_result["heads"][h.name]["ece_calibrated"] = expected_calibration_error(t, cal)
+
+    trained_combos = sorted(Counter(combination(data.records[i].labels, heads)
+                                    for i in split.train))
+    metrics = {
+        "split": split.summary(),
+        "skipped_files": len(data.skipped),
+        "epochs_run": epochs_run,
+        "best_epoch": best.best_epoch + 1 if has_val else epochs_run,
+        "train_seconds": round(fit_seconds, 1),
+        "train_images_per_second": round(epochs_run * len(split.train) / fit_seconds, 1),
+        "train": _public(train_result),
+        "val": _public(val_result) if val_result else None,
+        "test": _public(test_result),
+    }
+    bundle = Bundle(output, heads, Preprocessing(size=config.input_size), trained_combos,
+                    temperatures, metrics, version=time.strftime("%Y%m%dT%H%M%S"))
+    with atomic_directory(output, overwrite=overwrite) as tmp:
+        model.save(tmp / "model.keras")
+        write_json(tmp / "labels.json", bundle.labels_document())
+        write_json(tmp / "config.json", config.to_dict())
+        write_json(tmp / "metrics.json", metrics)
+        write_json(tmp / "split.json", {
+            name: [str(data.records[i].path) for i in getattr(split, name)]
+            for name in ("train", "val", "test")})
+        _write_history(tmp / "history.csv", hist)
+        plot_history(hist, [h.name for h in heads], tmp)
+    return TrainResult(bundle, metrics)
+
+
+def _public(result: dict) -> dict:
+    return {k: v for k, v in result.items() if not k.startswith("_")}
+
+
+def _write_history(path: Path, history: dict[str, list[float]]) -> None:
+    keys = list(history)
+    with path.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["epoch", *keys])
+        for i in range(len(history.get("loss", []))):
+            writer.writerow([i + 1, *(_fmt(history[k][i]) if i < len(history[k]) else ""
+                                      for k in keys)])
+
+
+def _fmt(value) -> str:
+    return f"{float(value):.6g}"
