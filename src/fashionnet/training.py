@@ -200,7 +200,7 @@ def train(config: TrainConfig, output: str | Path, *, overwrite: bool = False,
     best = BestEpoch(heads, images["val"], targets["val"], config.patience, restore=has_val)
     callbacks = [best] if len(split.val) else []
     started = time.perf_counter()
-    history = model.fit(train_batches, validation_data=val_batches, epochs=config.epochs,
+    history = model.fit(train_batches, validation_data=val_batches, epochs=config.epochs, shuffle=False,
                         callbacks=callbacks, verbose=verbose)
     fit_seconds = time.perf_counter() - started
     epochs_run = len(history.history.get("loss", []))

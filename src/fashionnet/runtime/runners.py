@@ -32,9 +32,11 @@ class KerasRunner:
             self.model = keras.saving.load_model(path, compile=False, safe_mode=True)
         except (OSError, ValueError) as exc:
             raise FashionNetError(f"{path}: cannot load the Keras model ({exc})") from None
-        names = [t.name.split("/")[0] for t in self.model.outputs]
-        self.order = [names.index(n) for n in output_names] if set(output_names) <= set(
-            names) else list(range(len(output_names)))
+        names = list(self.model.output_names)
+        missing = [n for n in output_names if n not in names]
+        if missing:
+            raise FashionNetError(f"{path}: outputs {missing} missing (has {names})")
+        self.order = [names.index(n) for n in output_names]
 
     def __call__(self, batch: np.ndarray) -> list[np.ndarray]:
         import keras

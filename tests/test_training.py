@@ -1,0 +1,68 @@
+"""Train for real (one epoch, tiny images) and check the bundle end to end."""
+
+import json
+
+import numpy as np
+import pytest
+
+from fashionnet import TrainConfig, load, load_bundle, train
+from fashionnet.bundle import atomic_directory
+from fashionnet.errors import FashionNetError
+
+FILES = {"model.keras", "labels.json", "config.json", "metrics.json", "history.csv",
+         "losses.png", "accuracy.png", "split.json"}
+
+
+def test_bundle_contents(tiny_bundle):
+    path = tiny_bundle.bundle.path
+    assert FILES <= {p.name for p in path.iterdir()}
+    labels = json.loads((path / "labels.json").read_text())
+    assert labels["outputs"] == ["color_output", "category_output"]
+    assert labels["heads"][1]["classes"] == ["dress", "jeans", "shirt", "shoes"]
+    assert "red_shoes" not in labels["trained_combinations"]
+    assert "red_dress" in labels["trained_combinations"]
+    metrics = json.loads((path / "metrics.json").read_text())
+    assert set(metrics["test"]["heads"]) == {"color", "category"}
+    assert 0 <= metrics["test"]["exact_match"] <= 1
+    assert (path / "history.csv").read_text().startswith("epoch,")
+
+
+def test_reloaded_bundle_gives_identical_probabilities(tiny_bundle, tiny_dataset):
+    from fashionnet.model.fashionnet import predict_probabilities
+
+    bundle = load_bundle(tiny_bundle.bundle.path)
+    predictor = load(bundle.path, backend="keras", calibrated=False)
+    images = np.stack([predictor.decode(p) for p in sorted(tiny_dataset.rglob("*.jpg"))[:5]])
+    import keras
+
+    original = keras.saving.load_model(bundle.keras_path, compile=False)
+    expected = predict_probabilities(original, images)
+    got = predictor.predict_probabilities(images)
+    for a, b in zip(expected, got):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_existing_output_is_refused_and_a_crash_keeps_the_old_bundle(tiny_bundle, tmp_path):
+    target = tmp_path / "run"
+    target.mkdir()
+    (target / "keep.txt").write_text("old")
+    with pytest.raises(FashionNetError, match="already exists"):
+        train(TrainConfig(dataset="x"), target)
+    with pytest.raises(RuntimeError), atomic_directory(target, overwrite=True) as tmp:
+        (tmp / "half.txt").write_text("new")
+        raise RuntimeError("crash while writing")
+    assert [p.name for p in tmp_path.iterdir()] == ["run"]
+    assert (target / "keep.txt").read_text() == "old"
+    with atomic_directory(target, overwrite=True) as tmp:
+        (tmp / "new.txt").write_text("new")
+    assert [p.name for p in target.iterdir()] == ["new.txt"]
+
+
+def test_one_class_head_is_refused(tmp_path):
+    from tests.conftest import solid
+
+    for name in ("red_dress", "red_shoes"):
+        for i in range(2):
+            solid(tmp_path / name / f"{i}.jpg", (200, 0, 0))
+    with pytest.raises(FashionNetError, match="'color' has only one class"):
+        train(TrainConfig(dataset=str(tmp_path), epochs=1, input_size=32), tmp_path / "out")
