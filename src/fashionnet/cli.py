@@ -269,6 +269,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever sys.stderr is now (it may be swapped, e.g. by test capture)."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
+
+
 class _Formatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         message = record.getMessage()
@@ -278,7 +290,7 @@ class _Formatter(logging.Formatter):
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    handler = logging.StreamHandler()
+    handler = _StderrHandler()
     handler.setFormatter(_Formatter())
     logger = logging.getLogger("fashionnet")
     logger.handlers[:] = [handler]

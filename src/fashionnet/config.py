@@ -106,9 +106,15 @@ class TrainConfig:
     def from_toml(cls, path: str | Path) -> TrainConfig:
         path = Path(path)
         try:
-            data = tomllib.loads(path.read_text())
+            text = path.read_text()
         except OSError as exc:
             raise FashionNetError(f"{path}: cannot read config ({exc.strerror})") from None
+        return cls.from_toml_text(text, str(path))
+
+    @classmethod
+    def from_toml_text(cls, text: str, where: str = "config") -> TrainConfig:
+        try:
+            data = tomllib.loads(text)
         except tomllib.TOMLDecodeError as exc:
-            raise FashionNetError(f"{path}: invalid TOML ({exc})") from None
-        return cls.from_dict(data, str(path))
+            raise FashionNetError(f"{where}: invalid TOML ({exc})") from None
+        return cls.from_dict(data, where)

@@ -1,0 +1,68 @@
+"""`fashionnet init-config`: a commented TOML starting point, filled in from a dataset."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+from fashionnet.config import TrainConfig, default_branch
+from fashionnet.data.sources import read_dataset
+from fashionnet.errors import FashionNetError
+
+
+def render_config(dataset: str | Path, heads: str | None = None, multi: str | None = None) -> str:
+    names = [h.strip() for h in heads.split(",")] if heads else None
+    multi_heads = [h.strip() for h in multi.split(",")] if multi else []
+    records, found = read_dataset(dataset, names, multi_heads)
+    d = TrainConfig()
+    lines = [
+        "# FashionNet training config: `fashionnet train --config THIS_FILE --output RUN_DIR`.",
+        "# Command-line flags override these values. Defaults reproduce the Keras recipe.",
+        f'dataset = "{dataset}"',
+        f"input_size = {d.input_size}        # images are resized to input_size x input_size",
+        f"epochs = {d.epochs}",
+        f"batch_size = {d.batch_size}",
+        f"learning_rate = {d.learning_rate}  # Adam",
+        f'lr_decay = "{d.lr_decay}"       # "recipe": lr / (1 + lr/epochs * step); or "none"',
+        f'split = "{d.split}"       # "standard": train/val/test; "recipe": 80/20 as the recipe',
+        f"val_fraction = {d.val_fraction}",
+        f"test_fraction = {d.test_fraction}",
+        f"seed = {d.seed}",
+        "holdout = []            # combinations kept out of training, e.g. [\"red_shirt\"]",
+        "augment = false         # flips, shifts, brightness/contrast (never hue)",
+        "patience = 0            # stop after N epochs without validation gain (0: never)",
+        f'multi_separator = "{d.multi_separator}"   # between labels of a multi-label cell',
+        "",
+        "# One [[heads]] table per output, in this order. kind: single | multi;",
+        "# branch: gray (deep, no colour) | color (shallow, RGB) | shared (deep, RGB);",
+        "# class_weights: \"balanced\" or a table { label = weight }; focal_gamma > 0 for focal loss.",
+    ]
+    for name in found:
+        counts: Counter = Counter()
+        missing = 0
+        for r in records:
+            label = r.labels.get(name)
+            if label is None:
+                missing += 1
+            else:
+                counts.update(label if isinstance(label, frozenset) else [label])
+        summary = ", ".join(f"{c} ({n})" for c, n in sorted(counts.items()))
+        lines += ["", f"# {name}: {summary}" + (f"; {missing} unlabelled" if missing else ""),
+                  "[[heads]]", f'name = "{name}"',
+                  f'kind = "{"multi" if name in multi_heads else "single"}"',
+                  f'branch = "{default_branch(name)}"', "loss_weight = 1.0",
+                  "# class_weights = \"balanced\""]
+        if name in multi_heads:
+            lines.append("threshold = 0.5")
+    return "\n".join(lines) + "\n"
+
+
+def write_config(dataset: str | Path, output: str | Path, heads: str | None = None,
+                 multi: str | None = None, overwrite: bool = False) -> Path:
+    output = Path(output)
+    if output.exists() and not overwrite:
+        raise FashionNetError(f"{output}: already exists (pass --overwrite to replace it)")
+    text = render_config(dataset, heads, multi)
+    TrainConfig.from_toml_text(text, str(output))  # what we write must load back
+    output.write_text(text)
+    return output

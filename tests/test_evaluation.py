@@ -1,0 +1,61 @@
+import json
+
+import numpy as np
+import pytest
+
+from fashionnet.cli import main
+from fashionnet.data.sources import Record
+from fashionnet.evaluation import report_from_probabilities
+from fashionnet.heads import HeadSpec
+
+HEADS = [HeadSpec("color", ["black", "red"]), HeadSpec("category", ["dress", "shoes"])]
+
+
+def test_report_on_hand_made_predictions_with_partner_swaps():
+    records = [Record("a", {"color": "red", "category": "dress"}),
+               Record("b", {"color": "black", "category": "shoes"}),
+               Record("c", {"color": "red", "category": "shoes"}),   # unseen
+               Record("d", {"color": "red", "category": "shoes"})]   # unseen
+    color = np.array([[.1, .9], [.8, .2], [.2, .8], [.7, .3]])      # d -> black: swap
+    category = np.array([[.9, .1], [.1, .9], [.3, .7], [.2, .8]])
+    rep = report_from_probabilities(HEADS, records, [color, category],
+                                    ["red_dress", "black_shoes"])
+    assert rep["exact_match"] == 0.75
+    assert rep["seen_exact_match"] == 1.0 and rep["unseen_exact_match"] == 0.5
+    assert rep["harmonic_mean"] == pytest.approx(2 / 3)
+    assert rep["combinations"]["red_shoes"] == {
+        "count": 2, "seen": False, "exact_match": 0.5,
+        "heads": {"color": 0.5, "category": 1.0}}
+    assert rep["partner_swaps"]["total"] == 1 and rep["partner_swaps"]["by_head"] == {"color": 1}
+    assert rep["heads"]["color"]["confusion_matrix"] == [[1, 0], [1, 2]]
+
+
+def test_evaluate_cli_writes_reports(tiny_bundle, tiny_dataset, tmp_path, capsys):
+    out = tmp_path / "eval"
+    code = main(["evaluate", "--model", str(tiny_bundle.bundle.path), "--dataset",
+                 str(tiny_dataset), "--subset", "test", "--output", str(out)])
+    assert code == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["combinations"]["red_shoes"]["seen"] is False
+    assert report["combinations"]["red_dress"]["seen"] is True
+    assert report["count"] == tiny_bundle.metrics["test"]["count"]
+    assert {"confusion_color.png", "confusion_category.png", "report.md"} <= {
+        p.name for p in out.iterdir()}
+    assert "unseen" in capsys.readouterr().out
+
+
+def test_study_runs_short_and_resumes(tiny_dataset, tmp_path, capsys):
+    argv = ["study", "compositional", "--dataset", str(tiny_dataset), "--epochs", "1",
+            "--input-size", "32", "--combinations", "red_shoes,blue_dress", "--output",
+            str(tmp_path / "study"), "--quiet", "--no-cache"]
+    assert main(argv) == 0
+    study = json.loads((tmp_path / "study" / "study.json").read_text())
+    assert set(study["folds"]) == {"red_shoes", "blue_dress"}
+    fold = study["folds"]["red_shoes"]
+    assert fold["unseen_count"] == 6 and 0 <= fold["unseen_exact_match"] <= 1
+    lo, hi = fold["unseen_exact_match_ci95"]
+    assert lo <= fold["unseen_exact_match"] <= hi
+    assert "| red_shoes | 6 |" in (tmp_path / "study" / "study.md").read_text()
+    capsys.readouterr()
+    assert main(argv) == 0  # resumes: nothing to train again
+    assert capsys.readouterr().out.count("| red_shoes |") == 1
