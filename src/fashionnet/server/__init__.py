@@ -1,0 +1,1 @@
+"""HTTP API and web page (FastAPI); install with `pip install 'fashionnet[serve]'`."""

@@ -1,0 +1,71 @@
+"""Export to ONNX, parity with Keras, and the TensorFlow-free runtime path."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+from fashionnet import load
+from fashionnet.cli import main
+
+pytest.importorskip("onnxruntime")
+pytest.importorskip("tf2onnx")
+
+
+@pytest.fixture(scope="module")
+def exported(tiny_bundle, tmp_path_factory):
+    path = tmp_path_factory.mktemp("exported") / "run"
+    shutil.copytree(tiny_bundle.bundle.path, path)
+    assert main(["export", str(path), "--format", "onnx"]) == 0
+    return path
+
+
+def test_onnx_outputs_are_named_after_heads_with_labels_embedded(exported):
+    from fashionnet.runtime.export import onnx_labels
+
+    import onnx
+
+    graph = onnx.load(str(exported / "model.onnx"))
+    assert [o.name for o in graph.graph.output] == ["color_output", "category_output"]
+    labels = onnx_labels(exported / "model.onnx")
+    assert labels == json.loads((exported / "labels.json").read_text())
+
+
+def test_onnx_matches_keras_on_100_images(exported, rng):
+    images = rng.integers(0, 256, (100, 32, 32, 3), dtype=np.uint8)
+    keras_probs = load(exported, backend="keras").predict_probabilities(images)
+    onnx_predictor = load(exported, backend="auto")
+    assert onnx_predictor.backend == "onnx"
+    for a, b in zip(keras_probs, onnx_predictor.predict_probabilities(images)):
+        assert np.abs(a - b).max() < 1e-4
+
+
+def test_runtime_classifies_with_tensorflow_and_keras_unimportable(exported, tiny_dataset,
+                                                                   tmp_path):
+    blocker = tmp_path / "sitecustomize.py"
+    blocker.write_text(textwrap.dedent("""
+        import sys
+        class _Block:
+            def find_spec(self, name, path=None, target=None):
+                if name.split(".")[0] in ("tensorflow", "keras", "tf2onnx"):
+                    raise ImportError(f"{name} is blocked in this test")
+        sys.meta_path.insert(0, _Block())
+    """))
+    image = sorted((tiny_dataset / "red_dress").iterdir())[0]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), *sys.path])}
+    code = ("import sys; from fashionnet.cli import main; rc = main(sys.argv[1:]); "
+            "assert 'tensorflow' not in sys.modules and 'keras' not in sys.modules; sys.exit(rc)")
+    done = subprocess.run([sys.executable, "-c", code, "classify", "--model", str(exported),
+                           str(image), "--json"], env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)[0]["heads"]["category"]["label"] in {
+        "dress", "jeans", "shirt", "shoes"}
+    check = subprocess.run([sys.executable, "-c", "import keras"], env=env,
+                           capture_output=True, text=True, timeout=60)
+    assert check.returncode != 0  # the blocker really blocks
