@@ -1,0 +1,237 @@
+"""Speed benchmarks: ours against a faithful re-implementation of the recipe's way.
+
+    python benchmarks/bench.py --model runs/recipe [--repeats 3]
+
+Rows (median of --repeats runs, side by side in one run): first load of the full-size sample,
+cached reload of the 2,518-image dataset, training images/s and peak memory, cold start of a
+one-photo classify in a new process, warm latency, and classify-a-folder throughput. Writes
+results/benchmarks.{md,json}. Needs ../shared/datasets and a bundle exported to ONNX
+(`fashionnet export MODEL`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared" / "datasets"
+FASHION = SHARED / "fashion"
+FULLSIZE = SHARED / "fashion-fullsize-sample"
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+
+def files(root: Path) -> list[Path]:
+    return sorted(p for d in sorted(root.iterdir()) if d.is_dir() for p in sorted(d.iterdir()))
+
+
+def timed(fn, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def recipe_load(paths: list[Path], size: int = 96) -> np.ndarray:
+    """The recipe's loop: full decode, resize, float64 list, one file at a time."""
+    from PIL import Image
+
+    data = []
+    for p in paths:
+        with Image.open(p) as im:
+            data.append(np.asarray(im.convert("RGB").resize((size, size)), dtype=np.float64))
+    return np.array(data, dtype="float") / 255.0
+
+
+def ours_load(paths: list[Path], cache: bool) -> np.ndarray:
+    from fashionnet.data.images import decode_many
+
+    return decode_many(paths, 96, progress=False, cache=cache).images
+
+
+def child_train(kind: str, n: int) -> dict:
+    """Run in a fresh process so that peak memory (max RSS) belongs to one method only."""
+    import keras
+
+    from fashionnet.data.pipeline import batches
+    from fashionnet.heads import HeadSpec, encode_targets
+    from fashionnet.data.sources import read_folders
+    from fashionnet.model.fashionnet import build_model
+    from fashionnet.model.layers import HeadAccuracy, HeadLoss
+
+    records = read_folders(FASHION)
+    rng = np.random.default_rng(0)
+    records = [records[i] for i in rng.permutation(len(records))[:n]]
+    heads = [HeadSpec("color", ["black", "blue", "red"], branch="color"),
+             HeadSpec("category", ["dress", "jeans", "shirt", "shoes"])]
+    targets = encode_targets(records, heads)
+    model = build_model(heads)
+    if kind == "recipe":
+        x = recipe_load([r.path for r in records])  # float64, as the recipe holds it
+        model.compile(optimizer="adam", loss="categorical_crossentropy",
+                      metrics={h.output_name: ["accuracy"] for h in heads})
+        fit = lambda: model.fit(x, targets, batch_size=32, epochs=1, verbose=0)  # noqa: E731
+    else:
+        images = ours_load([r.path for r in records], cache=True)
+        model.compile(optimizer="adam", loss={h.output_name: HeadLoss() for h in heads},
+                      metrics={h.output_name: [HeadAccuracy()] for h in heads})
+        data = batches(images, targets, 32, shuffle=True, augment=True)
+        fit = lambda: model.fit(data, epochs=1, verbose=0)  # noqa: E731
+    fit()  # warm-up epoch: graph tracing
+    seconds = timed(fit, 2)
+    return {"images_per_second": n / seconds,
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "keras_backend": keras.backend.backend()}
+
+
+def in_child(*args: str) -> dict:
+    out = subprocess.run([sys.executable, __file__, "--child", *args], capture_output=True,
+                         text=True, check=True, cwd=ROOT)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def cold_start_recipe(model: Path, photo: Path) -> float:
+    code = f"""
+import os; os.environ['TF_CPP_MIN_LOG_LEVEL'] = '3'
+import numpy as np, tensorflow as tf, keras
+from PIL import Image
+import fashionnet.model.layers
+model = keras.saving.load_model({str(model / 'model.keras')!r}, compile=False)
+x = np.asarray(Image.open({str(photo)!r}).convert('RGB').resize((96, 96)), dtype='float') / 255.0
+p = model.predict(x[None], verbose=0)
+print('category', int(np.argmax(p[1])), 'color', int(np.argmax(p[0])))
+"""
+    start = time.perf_counter()
+    subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, cwd=ROOT)
+    return time.perf_counter() - start
+
+
+def cold_start_ours(model: Path, photo: Path) -> float:
+    start = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "fashionnet.cli", "classify", "--model", str(model),
+                    str(photo)], check=True, capture_output=True, cwd=ROOT)
+    return time.perf_counter() - start
+
+
+def warm(model: Path, photo: Path, repeats: int) -> dict:
+    from fashionnet.inference import load
+
+    onnx = load(model, backend="onnx")
+    keras_predictor = load(model, backend="keras")
+    image = onnx.decode(photo)[None]
+    data = photo.read_bytes()
+    out = {}
+    for name, predictor in (("onnx", onnx), ("keras", keras_predictor)):
+        for _ in range(20):
+            predictor.predict_probabilities(image)
+        model_only, with_decode = [], []
+        for _ in range(200):
+            t = time.perf_counter()
+            predictor.predict_probabilities(image)
+            model_only.append(time.perf_counter() - t)
+            t = time.perf_counter()
+            predictor.predict_arrays(predictor.decode(data)[None])
+            with_decode.append(time.perf_counter() - t)
+        out[name] = {"model_ms": 1000 * statistics.median(model_only),
+                     "decode_and_model_ms": 1000 * statistics.median(with_decode)}
+    paths = files(FASHION)
+    out["folder_images_per_second"] = len(paths) / timed(
+        lambda: onnx.predict_files(paths), max(1, repeats - 1))
+    out["recipe_folder_images_per_second"] = 200 / timed(
+        lambda: [keras_predictor.runner.model.predict(
+            recipe_load([p]).astype(np.float32), verbose=0) for p in paths[:200]], 1)
+    return out
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--model", type=Path)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--train-images", type=int, default=512)
+    parser.add_argument("--child", nargs="*")
+    args = parser.parse_args()
+    if args.child:
+        print(json.dumps(child_train(args.child[0], int(args.child[1]))))
+        return 0
+    if not (FASHION.is_dir() and FULLSIZE.is_dir()):
+        raise SystemExit("needs ../shared/datasets/fashion and fashion-fullsize-sample")
+    if not (args.model / "model.onnx").is_file():
+        raise SystemExit(f"{args.model}: export it first: fashionnet export {args.model}")
+    rows = []
+
+    def row(name, recipe, ours, unit, better="higher"):
+        ratio = ours / recipe if better == "higher" else recipe / ours
+        rows.append({"row": name, "recipe": recipe, "ours": ours, "unit": unit,
+                     "speedup": ratio})
+        print(f"{name:45} recipe {recipe:10.3f}  ours {ours:10.3f} {unit:8} x{ratio:.2f}",
+              flush=True)
+
+    full = files(FULLSIZE)
+    row(f"first load, full-size sample ({len(full)} photos)",
+        timed(lambda: recipe_load(full), args.repeats),
+        timed(lambda: ours_load(full, cache=False), args.repeats), "s", "lower")
+    everything = files(FASHION)
+    cache = Path(tempfile.mkdtemp())
+    os.environ["FASHIONNET_CACHE_DIR"] = str(cache)
+    ours_load(everything, cache=True)
+    row(f"second load, fashion dataset ({len(everything)} images, cached)",
+        timed(lambda: recipe_load(everything), 1),
+        timed(lambda: ours_load(everything, cache=True), args.repeats), "s", "lower")
+    recipe_train = in_child("recipe", str(args.train_images))
+    ours_train = in_child("ours", str(args.train_images))
+    shutil.rmtree(cache, ignore_errors=True)
+    row("training images/s (ours with augmentation)", recipe_train["images_per_second"],
+        ours_train["images_per_second"], "img/s")
+    row(f"training peak memory ({args.train_images} images)", recipe_train["peak_rss_mb"],
+        ours_train["peak_rss_mb"], "MB", "lower")
+    photo = sorted((FULLSIZE / "red_dress").iterdir())[0]
+    row("cold start: new process -> printed answer",
+        statistics.median(cold_start_recipe(args.model, photo) for _ in range(args.repeats)),
+        statistics.median(cold_start_ours(args.model, photo) for _ in range(args.repeats)),
+        "s", "lower")
+    small = sorted((FASHION / "red_dress").iterdir())[0]
+    w = warm(args.model, small, args.repeats)
+    row("warm latency, model only (batch 1)", w["keras"]["model_ms"], w["onnx"]["model_ms"],
+        "ms", "lower")
+    row("warm latency, decode 256px JPEG + model", w["keras"]["decode_and_model_ms"],
+        w["onnx"]["decode_and_model_ms"], "ms", "lower")
+    row("classify a folder (downscaled dataset)", w["recipe_folder_images_per_second"],
+        w["folder_images_per_second"], "img/s")
+    import onnxruntime
+    import tensorflow as tf
+
+    info = {"command": "python benchmarks/bench.py " + " ".join(sys.argv[1:]),
+            "machine": f"{platform.machine()}, {len(os.sched_getaffinity(0))} cores, "
+                       f"{platform.python_version()}",
+            "versions": {"tensorflow": tf.__version__, "onnxruntime": onnxruntime.__version__},
+            "date": time.strftime("%Y-%m-%d"), "rows": rows}
+    out = ROOT / "results" / "benchmarks"
+    out.with_suffix(".json").write_text(json.dumps(info, indent=2) + "\n")
+    lines = ["# Benchmarks", "", f"`{info['command']}` on {info['machine']}, {info['date']}; "
+             "medians. Recipe: full decode + resize per file, float64 arrays, Keras "
+             "`model.fit` on in-memory arrays, TensorFlow import + `model.predict` per image.",
+             "", "| measure | recipe | ours | unit | ours vs recipe |",
+             "| --- | --- | --- | --- | --- |"]
+    for r in rows:
+        lines.append(f"| {r['row']} | {r['recipe']:.3f} | {r['ours']:.3f} | {r['unit']} | "
+                     f"{r['speedup']:.2f}x |")
+    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,76 @@
+"""End to end in headless Chromium: open the page, upload a photo, read the labels shown.
+
+Skips cleanly when Chromium, chromedriver or selenium is absent. The screenshot is kept in
+``test-artifacts/`` (a test artifact; ignored by git).
+"""
+
+import shutil
+import socket
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+selenium = pytest.importorskip("selenium")
+pytest.importorskip("uvicorn")
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+DRIVER = shutil.which("chromedriver")
+pytestmark = pytest.mark.skipif(not (CHROMIUM and DRIVER), reason="chromium/chromedriver absent")
+
+ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
+
+
+@pytest.fixture(scope="module")
+def server_url(tiny_bundle):
+    import uvicorn
+
+    from fashionnet.server.app import create_app
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(create_app(tiny_bundle.bundle.path, backend="keras"),
+                                           host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    for _ in range(100):
+        if server.started:
+            break
+        time.sleep(0.1)
+    yield f"http://127.0.0.1:{port}"
+    server.should_exit = True
+    thread.join(timeout=10)
+
+
+def test_upload_shows_each_heads_labels(server_url, tiny_dataset):
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic",
+                 "--no-first-run", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--window-size=390,844"):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(DRIVER), options=options)
+    try:
+        driver.get(server_url + "/")
+        WebDriverWait(driver, 20).until(
+            lambda d: d.find_element(By.ID, "model").text.startswith("Heads:"))
+        photo = sorted((tiny_dataset / "red_dress").iterdir())[0]
+        driver.find_element(By.ID, "file").send_keys(str(photo))
+        WebDriverWait(driver, 30).until(
+            lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-ready") == "1")
+        labels = {el.get_attribute("data-head"): el.find_element(By.CLASS_NAME, "label").text
+                  for el in driver.find_elements(By.CLASS_NAME, "head")}
+        assert set(labels) == {"color", "category"}
+        assert labels["color"].split(": ")[1] in {"black", "blue", "green", "red"}
+        assert labels["category"].split(": ")[1] in {"dress", "jeans", "shirt", "shoes"}
+        ARTIFACTS.mkdir(exist_ok=True)
+        driver.save_screenshot(str(ARTIFACTS / "web_page.png"))
+        assert (ARTIFACTS / "web_page.png").stat().st_size > 1000
+    finally:
+        driver.quit()
