@@ -68,8 +68,8 @@ def child_train(kind: str, n: int) -> dict:
     import keras
 
     from fashionnet.data.pipeline import batches
-    from fashionnet.heads import HeadSpec, encode_targets
     from fashionnet.data.sources import read_folders
+    from fashionnet.heads import HeadSpec, encode_targets
     from fashionnet.model.fashionnet import build_model
     from fashionnet.model.layers import HeadAccuracy, HeadLoss
 

@@ -32,8 +32,9 @@ def _photo() -> tuple[str, bytes]:
         return path.name, path.read_bytes()
     import io
 
-    from fashionnet.data.synthetic import render
     import numpy as np
+
+    from fashionnet.data.synthetic import render
 
     buf = io.BytesIO()
     render("red", "dress", np.random.default_rng(0), 256).save(buf, "JPEG")

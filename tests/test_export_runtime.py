@@ -26,9 +26,9 @@ def exported(tiny_bundle, tmp_path_factory):
 
 
 def test_onnx_outputs_are_named_after_heads_with_labels_embedded(exported):
-    from fashionnet.runtime.export import onnx_labels
-
     import onnx
+
+    from fashionnet.runtime.export import onnx_labels
 
     graph = onnx.load(str(exported / "model.onnx"))
     assert [o.name for o in graph.graph.output] == ["color_output", "category_output"]

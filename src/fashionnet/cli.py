@@ -33,7 +33,7 @@ def _config_from_args(args) -> TrainConfig:
     overrides = {}
     if args.dataset:
         overrides["dataset"] = str(args.dataset)
-    for name in ("epochs", "batch_size", "learning_rate", "input_size", "split", "seed",
+    for name in ("epochs", "batch_size", "learning_rate", "input_size", "split", "seed", "architecture",
                  "patience", "separator", "val_fraction", "test_fraction", "label_smoothing"):
         value = getattr(args, name, None)
         if value is not None:
@@ -83,6 +83,8 @@ def _add_train_options(p: argparse.ArgumentParser, dataset_required: bool = True
     p.add_argument("--batch-size", type=int)
     p.add_argument("--learning-rate", type=float)
     p.add_argument("--input-size", type=int)
+    p.add_argument("--architecture", choices=["recipe", "gap"],
+                   help="recipe: the recipe's network (default); gap: global average pooling")
     p.add_argument("--split", choices=["standard", "recipe"],
                    help="standard: train/val/test (default); recipe: 80/20, test used as "
                         "validation, only to compare with the recipe")

@@ -19,7 +19,7 @@ from keras import layers
 from fashionnet.heads import HeadSpec
 from fashionnet.model.layers import Grayscale
 
-VARIANTS = ("recipe",)
+VARIANTS = ("recipe", "gap")
 
 
 def _conv(x, filters: int, prefix: str):
@@ -33,22 +33,28 @@ def _pool(x, size: int, prefix: str):
     return layers.Dropout(0.25, name=f"{prefix}_drop")(x)
 
 
-def deep_trunk(x, prefix: str):
+def _features(x, prefix: str, pooling: str):
+    if pooling == "gap":
+        return layers.GlobalAveragePooling2D(name=f"{prefix}_gap")(x)
+    return layers.Flatten(name=f"{prefix}_flatten")(x)
+
+
+def deep_trunk(x, prefix: str, pooling: str = "flatten"):
     """The recipe's category branch: CONV32 -> POOL3 -> 2xCONV64 -> POOL -> 2xCONV128 -> POOL."""
     x = _pool(_conv(x, 32, f"{prefix}1"), 3, f"{prefix}1")
     x = _conv(x, 64, f"{prefix}2a")
     x = _pool(_conv(x, 64, f"{prefix}2b"), 2, f"{prefix}2")
     x = _conv(x, 128, f"{prefix}3a")
     x = _pool(_conv(x, 128, f"{prefix}3b"), 2, f"{prefix}3")
-    return layers.Flatten(name=f"{prefix}_flatten")(x)
+    return _features(x, prefix, pooling)
 
 
-def shallow_trunk(x, prefix: str):
+def shallow_trunk(x, prefix: str, pooling: str = "flatten"):
     """The recipe's colour branch: CONV16 -> POOL3 -> CONV32 -> POOL -> CONV32 -> POOL."""
     x = _pool(_conv(x, 16, f"{prefix}1"), 3, f"{prefix}1")
     x = _pool(_conv(x, 32, f"{prefix}2"), 2, f"{prefix}2")
     x = _pool(_conv(x, 32, f"{prefix}3"), 2, f"{prefix}3")
-    return layers.Flatten(name=f"{prefix}_flatten")(x)
+    return _features(x, prefix, pooling)
 
 
 def _head(features, head: HeadSpec, units: int):
@@ -63,7 +69,12 @@ def _head(features, head: HeadSpec, units: int):
 
 def build_model(heads: Sequence[HeadSpec], input_size: int = 96,
                 variant: str = "recipe") -> keras.Model:
-    """A Keras model with one output per head, named ``<head>_output``, in the heads' order."""
+    """A Keras model with one output per head, named ``<head>_output``, in the heads' order.
+
+    ``recipe`` flattens each trunk's feature map, as the recipe did; ``gap`` averages it over
+    space instead: far fewer parameters, and the colour head cannot key on where things are
+    (a shape cue), which is what breaks unseen colour+category combinations.
+    """
     if variant not in VARIANTS:
         raise ValueError(f"unknown architecture {variant!r}; choose from {VARIANTS}")
     inputs = keras.Input(shape=(input_size, input_size, 3), name="image")
@@ -71,12 +82,14 @@ def build_model(heads: Sequence[HeadSpec], input_size: int = 96,
     outputs = []
     for head in heads:
         if head.branch not in trunks:
+            pooling = "gap" if variant == "gap" else "flatten"
             if head.branch == "gray":
-                trunks["gray"] = (deep_trunk(Grayscale(name="grayscale")(inputs), "gray"), 256)
+                trunks["gray"] = (deep_trunk(Grayscale(name="grayscale")(inputs), "gray",
+                                             pooling), 256)
             elif head.branch == "shared":
-                trunks["shared"] = (deep_trunk(inputs, "shared"), 256)
+                trunks["shared"] = (deep_trunk(inputs, "shared", pooling), 256)
             else:
-                trunks["color"] = (shallow_trunk(inputs, "color"), 128)
+                trunks["color"] = (shallow_trunk(inputs, "color", pooling), 128)
         features, units = trunks[head.branch]
         outputs.append(_head(features, head, units))
     return keras.Model(inputs, outputs, name="fashionnet")
