@@ -80,3 +80,11 @@ def test_head_accuracy_skips_unknown_rows():
     assert float(metric.result()) == pytest.approx(0.5)
     restored = keras.metrics.deserialize(keras.metrics.serialize(metric))
     assert isinstance(restored, HeadAccuracy)
+
+
+def test_gap_variant_has_the_same_outputs_and_fewer_parameters():
+    recipe, gap = build_model(HEADS, 64), build_model(HEADS, 64, variant="gap")
+    assert gap.output_names == recipe.output_names
+    assert gap.count_params() < recipe.count_params() / 2
+    with pytest.raises(ValueError, match="unknown architecture"):
+        build_model(HEADS, variant="resnet")
