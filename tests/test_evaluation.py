@@ -39,6 +39,9 @@ def test_evaluate_cli_writes_reports(tiny_bundle, tiny_dataset, tmp_path, capsys
     assert report["combinations"]["red_shoes"]["seen"] is False
     assert report["combinations"]["red_dress"]["seen"] is True
     assert report["count"] == tiny_bundle.metrics["test"]["count"]
+    color = report["heads"]["color"]
+    assert color["temperature"] == tiny_bundle.bundle.temperatures["color"]
+    assert 0 <= color["ece_uncalibrated"] <= 1 and 0 <= color["ece"] <= 1
     assert {"confusion_color.png", "confusion_category.png", "report.md"} <= {
         p.name for p in out.iterdir()}
     assert "unseen" in capsys.readouterr().out

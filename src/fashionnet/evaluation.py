@@ -22,6 +22,7 @@ from fashionnet.errors import FashionNetError
 from fashionnet.heads import HeadSpec, combination, encode_targets
 from fashionnet.metrics import (
     accuracy,
+    apply_temperature,
     bootstrap_ci,
     confusion_matrix,
     exact_match_rows,
@@ -139,8 +140,16 @@ def evaluate(model: str | Path | Bundle, dataset: str | Path, *, output: str | P
     if not records:
         raise FashionNetError(f"{dataset}: no readable images to evaluate")
     predictor = Predictor(bundle, backend=backend, calibrated=calibrated)
-    probs = predictor.predict_probabilities(decoded.images)
+    raw = predictor.predict_probabilities(decoded.images, calibrated=False)
+    probs = [apply_temperature(p, predictor.temperatures.get(h.name, 1.0), h.multi)
+             for p, h in zip(raw, heads)]
     report = report_from_probabilities(heads, records, probs, bundle.trained_combinations)
+    targets = encode_targets(records, heads)
+    for head, p in zip(heads, raw):
+        if not head.multi:
+            entry = report["heads"][head.name]
+            entry["temperature"] = predictor.temperatures.get(head.name, 1.0)
+            entry["ece_uncalibrated"] = expected_calibration_error(targets[head.output_name], p)
     report["model"] = str(bundle.path)
     report["dataset"] = str(dataset)
     report["subset"] = subset or "all"
@@ -185,10 +194,11 @@ def render_markdown(report: dict) -> str:
     lines = [f"# Evaluation: {report.get('model', '')}", "",
              f"Dataset: `{report.get('dataset', '')}` ({report.get('subset', 'all')}), "
              f"{report['count']} images.", "",
-             "| head | accuracy | macro-F1 | ECE |", "| --- | --- | --- | --- |"]
+             "| head | accuracy | macro-F1 | ECE before calibration | ECE after |",
+             "| --- | --- | --- | --- | --- |"]
     for name, h in report["heads"].items():
         lines.append(f"| {name} | {_pct(h['accuracy'])} | {_pct(h.get('macro_f1'))} | "
-                     f"{_pct(h.get('ece'))} |")
+                     f"{_pct(h.get('ece_uncalibrated'))} | {_pct(h.get('ece'))} |")
     lines += ["", f"**Exact match** (all heads right): {_pct(report['exact_match'])}"]
     if "unseen_exact_match" in report:
         lo, hi = report["unseen_exact_match_ci95"]

@@ -12,7 +12,9 @@ TensorFlow import), else the Keras model.
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -108,8 +110,12 @@ class Predictor:
         p = self.bundle.preprocessing
         return decode_image(source, p.size, self.max_pixels, p.background)
 
-    def predict_probabilities(self, images: np.ndarray) -> list[np.ndarray]:
-        """uint8 images (n, size, size, 3) -> calibrated probabilities, one array per head."""
+    def predict_probabilities(self, images: np.ndarray, calibrated: bool = True
+                              ) -> list[np.ndarray]:
+        """uint8 images (n, size, size, 3) -> probabilities, one array per head.
+
+        ``calibrated`` applies the bundle's temperatures (if the predictor was made with them).
+        """
         chunks: list[list[np.ndarray]] = [[] for _ in self.heads]
         scale = np.float32(self.bundle.preprocessing.scale)
         for start in range(0, len(images), self.batch_size):
@@ -118,6 +124,8 @@ class Predictor:
                 chunk.append(np.asarray(out, dtype=np.float32))
         probs = [np.concatenate(c) if c else np.zeros((0, len(h.classes)), np.float32)
                  for c, h in zip(chunks, self.heads)]
+        if not calibrated:
+            return probs
         return [apply_temperature(p, self.temperatures.get(h.name, 1.0), h.multi)
                 for p, h in zip(probs, self.heads)]
 
@@ -133,21 +141,26 @@ class Predictor:
                       progress: bool = False) -> list[Prediction]:
         """One Prediction per path, in order; unreadable files get ``error`` (or raise if strict)."""
         results: list[Prediction] = []
-        for chunk in _chunks(list(paths), self.batch_size, progress):
-            images, ok, errors = [], [], {}
-            for i, path in enumerate(chunk):
-                try:
-                    images.append(self.decode(path))
-                    ok.append(i)
-                except ImageDecodeError as exc:
-                    if strict:
-                        raise
-                    errors[i] = str(exc)
-            predicted = (self.predict_arrays(np.stack(images), [str(chunk[i]) for i in ok])
-                         if images else [])
-            by_index = dict(zip(ok, predicted))
-            results.extend(by_index.get(i) or Prediction(str(p), error=errors[i])
-                           for i, p in enumerate(chunk))
+
+        def decode(path):
+            try:
+                return self.decode(path)
+            except ImageDecodeError as exc:
+                if strict:
+                    raise
+                return str(exc)
+
+        with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+            for chunk in _chunks(list(paths), self.batch_size, progress):
+                decoded = list(pool.map(decode, chunk))
+                images = [d for d in decoded if not isinstance(d, str)]
+                ok = [i for i, d in enumerate(decoded) if not isinstance(d, str)]
+                errors = {i: d for i, d in enumerate(decoded) if isinstance(d, str)}
+                predicted = (self.predict_arrays(np.stack(images), [str(chunk[i]) for i in ok])
+                             if images else [])
+                by_index = dict(zip(ok, predicted))
+                results.extend(by_index.get(i) or Prediction(str(p), error=errors[i])
+                               for i, p in enumerate(chunk))
         return results
 
 
