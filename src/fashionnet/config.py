@@ -46,6 +46,7 @@ class TrainConfig:
     path_column: str = "path"
     input_size: int = 96
     architecture: str = "recipe"
+    bn_momentum: float = 0.99
     epochs: int = 50
     batch_size: int = 32
     learning_rate: float = 1e-3

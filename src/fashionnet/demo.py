@@ -38,9 +38,11 @@ def run_demo(output: str | Path = "runs/demo", *, epochs: int | None = None,
         shutil.rmtree(data_dir)
     print(f"generating {per_combination * 16} synthetic garment images in {data_dir} ...")
     write_dataset(data_dir, per_combination=per_combination, size=96, seed=7)
-    config = TrainConfig(dataset=str(data_dir), input_size=input_size,
-                         epochs=epochs if epochs is not None else 15, holdout=list(DEMO_HOLDOUT),
-                         augment=True, cache=False, dedupe=False)
+    # A short run: small batches and a faster BatchNorm average, so that evaluation-mode
+    # statistics settle within a few hundred steps.
+    config = TrainConfig(dataset=str(data_dir), input_size=input_size, batch_size=16,
+                         bn_momentum=0.9, epochs=epochs if epochs is not None else 15,
+                         holdout=list(DEMO_HOLDOUT), augment=True, cache=False, dedupe=False)
     print(f"training {config.epochs} epochs; held out of training: {', '.join(DEMO_HOLDOUT)}")
     data = load_dataset(config, progress=False)
     result = train(config, output / "model", overwrite=overwrite, verbose=verbose, data=data)

@@ -191,7 +191,7 @@ def train(config: TrainConfig, output: str | Path, *, overwrite: bool = False,
     images = {name: data.images[getattr(split, name)] for name in ("train", "val", "test")}
     has_val = split.mode == "standard" and len(split.val) > 0
 
-    model = build_model(heads, config.input_size, config.architecture)
+    model = build_model(heads, config.input_size, config.architecture, config.bn_momentum)
     train_batches = batches(images["train"], targets["train"], config.batch_size, shuffle=True,
                             augment=config.augment, seed=config.seed)
     val_batches = (batches(images["val"], targets["val"], config.batch_size)

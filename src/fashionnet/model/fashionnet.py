@@ -22,10 +22,10 @@ from fashionnet.model.layers import Grayscale
 VARIANTS = ("recipe", "gap")
 
 
-def _conv(x, filters: int, prefix: str):
+def _conv(x, filters: int, prefix: str, momentum: float):
     x = layers.Conv2D(filters, 3, padding="same", name=f"{prefix}_conv")(x)
     x = layers.Activation("relu", name=f"{prefix}_relu")(x)
-    return layers.BatchNormalization(axis=-1, name=f"{prefix}_bn")(x)
+    return layers.BatchNormalization(axis=-1, momentum=momentum, name=f"{prefix}_bn")(x)
 
 
 def _pool(x, size: int, prefix: str):
@@ -39,28 +39,28 @@ def _features(x, prefix: str, pooling: str):
     return layers.Flatten(name=f"{prefix}_flatten")(x)
 
 
-def deep_trunk(x, prefix: str, pooling: str = "flatten"):
+def deep_trunk(x, prefix: str, pooling: str = "flatten", momentum: float = 0.99):
     """The recipe's category branch: CONV32 -> POOL3 -> 2xCONV64 -> POOL -> 2xCONV128 -> POOL."""
-    x = _pool(_conv(x, 32, f"{prefix}1"), 3, f"{prefix}1")
-    x = _conv(x, 64, f"{prefix}2a")
-    x = _pool(_conv(x, 64, f"{prefix}2b"), 2, f"{prefix}2")
-    x = _conv(x, 128, f"{prefix}3a")
-    x = _pool(_conv(x, 128, f"{prefix}3b"), 2, f"{prefix}3")
+    x = _pool(_conv(x, 32, f"{prefix}1", momentum), 3, f"{prefix}1")
+    x = _conv(x, 64, f"{prefix}2a", momentum)
+    x = _pool(_conv(x, 64, f"{prefix}2b", momentum), 2, f"{prefix}2")
+    x = _conv(x, 128, f"{prefix}3a", momentum)
+    x = _pool(_conv(x, 128, f"{prefix}3b", momentum), 2, f"{prefix}3")
     return _features(x, prefix, pooling)
 
 
-def shallow_trunk(x, prefix: str, pooling: str = "flatten"):
+def shallow_trunk(x, prefix: str, pooling: str = "flatten", momentum: float = 0.99):
     """The recipe's colour branch: CONV16 -> POOL3 -> CONV32 -> POOL -> CONV32 -> POOL."""
-    x = _pool(_conv(x, 16, f"{prefix}1"), 3, f"{prefix}1")
-    x = _pool(_conv(x, 32, f"{prefix}2"), 2, f"{prefix}2")
-    x = _pool(_conv(x, 32, f"{prefix}3"), 2, f"{prefix}3")
+    x = _pool(_conv(x, 16, f"{prefix}1", momentum), 3, f"{prefix}1")
+    x = _pool(_conv(x, 32, f"{prefix}2", momentum), 2, f"{prefix}2")
+    x = _pool(_conv(x, 32, f"{prefix}3", momentum), 2, f"{prefix}3")
     return _features(x, prefix, pooling)
 
 
-def _head(features, head: HeadSpec, units: int):
+def _head(features, head: HeadSpec, units: int, momentum: float):
     x = layers.Dense(units, name=f"{head.name}_fc")(features)
     x = layers.Activation("relu", name=f"{head.name}_fc_relu")(x)
-    x = layers.BatchNormalization(name=f"{head.name}_fc_bn")(x)
+    x = layers.BatchNormalization(momentum=momentum, name=f"{head.name}_fc_bn")(x)
     x = layers.Dropout(0.5, name=f"{head.name}_fc_drop")(x)
     x = layers.Dense(len(head.classes), name=f"{head.name}_logits")(x)
     activation = "sigmoid" if head.multi else "softmax"
@@ -68,12 +68,14 @@ def _head(features, head: HeadSpec, units: int):
 
 
 def build_model(heads: Sequence[HeadSpec], input_size: int = 96,
-                variant: str = "recipe") -> keras.Model:
+                variant: str = "recipe", bn_momentum: float = 0.99) -> keras.Model:
     """A Keras model with one output per head, named ``<head>_output``, in the heads' order.
 
     ``recipe`` flattens each trunk's feature map, as the recipe did; ``gap`` averages it over
     space instead: far fewer parameters, and the colour head cannot key on where things are
     (a shape cue), which is what breaks unseen colour+category combinations.
+    ``bn_momentum`` 0.99 is Keras's (and the recipe's); lower it for runs of few steps, whose
+    BatchNorm moving averages would otherwise not converge.
     """
     if variant not in VARIANTS:
         raise ValueError(f"unknown architecture {variant!r}; choose from {VARIANTS}")
@@ -85,13 +87,13 @@ def build_model(heads: Sequence[HeadSpec], input_size: int = 96,
             pooling = "gap" if variant == "gap" else "flatten"
             if head.branch == "gray":
                 trunks["gray"] = (deep_trunk(Grayscale(name="grayscale")(inputs), "gray",
-                                             pooling), 256)
+                                             pooling, bn_momentum), 256)
             elif head.branch == "shared":
-                trunks["shared"] = (deep_trunk(inputs, "shared", pooling), 256)
+                trunks["shared"] = (deep_trunk(inputs, "shared", pooling, bn_momentum), 256)
             else:
-                trunks["color"] = (shallow_trunk(inputs, "color", pooling), 128)
+                trunks["color"] = (shallow_trunk(inputs, "color", pooling, bn_momentum), 128)
         features, units = trunks[head.branch]
-        outputs.append(_head(features, head, units))
+        outputs.append(_head(features, head, units, bn_momentum))
     return keras.Model(inputs, outputs, name="fashionnet")
 
 
