@@ -223,7 +223,9 @@ def main() -> int:
     out.with_suffix(".json").write_text(json.dumps(info, indent=2) + "\n")
     lines = ["# Benchmarks", "", f"`{info['command']}` on {info['machine']}, {info['date']}; "
              "medians. Recipe: full decode + resize per file, float64 arrays, Keras "
-             "`model.fit` on in-memory arrays, TensorFlow import + `model.predict` per image.",
+             "`model.fit` on in-memory arrays, TensorFlow import + `model.predict` per image "
+             "(cold start and folder rows); in the warm-latency rows the recipe column is the "
+             "same Keras model called in-process, ours is ONNX Runtime.",
              "", "| measure | recipe | ours | unit | ours vs recipe |",
              "| --- | --- | --- | --- | --- |"]
     for r in rows:

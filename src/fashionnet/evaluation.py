@@ -200,7 +200,7 @@ def render_markdown(report: dict) -> str:
         lines.append(f"| {name} | {_pct(h['accuracy'])} | {_pct(h.get('macro_f1'))} | "
                      f"{_pct(h.get('ece_uncalibrated'))} | {_pct(h.get('ece'))} |")
     lines += ["", f"**Exact match** (all heads right): {_pct(report['exact_match'])}"]
-    if "unseen_exact_match" in report:
+    if report.get("partner_swaps", {}).get("unseen_rows"):
         lo, hi = report["unseen_exact_match_ci95"]
         swaps = report["partner_swaps"]
         lines += ["", f"- seen combinations exact match: {_pct(report['seen_exact_match'])}",
@@ -230,7 +230,7 @@ def summary_table(report: dict) -> str:
     out = [f"{name:>12}: accuracy {_pct(h['accuracy'])}  macro-F1 {_pct(h.get('macro_f1'))}"
            for name, h in report["heads"].items()]
     out.append(f"{'exact match':>12}: {_pct(report['exact_match'])}  ({report['count']} images)")
-    if "unseen_exact_match" in report:
+    if not math.isnan(report.get("unseen_exact_match", math.nan)):
         out.append(f"{'seen':>12}: {_pct(report['seen_exact_match'])}  unseen: "
                    f"{_pct(report['unseen_exact_match'])}  harmonic mean: "
                    f"{_pct(report['harmonic_mean'])}")
