@@ -72,8 +72,8 @@ def _config_from_args(args) -> TrainConfig:
     return dataclasses.replace(config, **overrides)
 
 
-def _add_train_options(p: argparse.ArgumentParser, dataset_required: bool = True) -> None:
-    p.add_argument("--dataset", type=Path, required=dataset_required and False,
+def _add_train_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--dataset", type=Path,
                    help="folder with one sub-folder per combination, or a CSV/JSON/JSONL manifest")
     p.add_argument("--config", type=Path, help="TOML config (see README); flags override it")
     p.add_argument("--heads", help="head names in folder-name order (default: color,category)")

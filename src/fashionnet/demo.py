@@ -29,7 +29,7 @@ def run_demo(output: str | Path = "runs/demo", *, epochs: int | None = None,
              verbose: int | str = 2, report: bool = True) -> DemoResult:
     from fashionnet.evaluation import report_from_probabilities
     from fashionnet.inference import Predictor
-    from fashionnet.training import load_dataset, split_dataset, train
+    from fashionnet.training import load_dataset, train
 
     started = time.perf_counter()
     output = Path(output)
@@ -46,7 +46,7 @@ def run_demo(output: str | Path = "runs/demo", *, epochs: int | None = None,
     print(f"training {config.epochs} epochs; held out of training: {', '.join(DEMO_HOLDOUT)}")
     data = load_dataset(config, progress=False)
     result = train(config, output / "model", overwrite=overwrite, verbose=verbose, data=data)
-    split = split_dataset(data, config)
+    split = result.split
     records = [data.records[i] for i in split.test]
     probs = Predictor(result.bundle, backend="keras").predict_probabilities(
         data.images[split.test])

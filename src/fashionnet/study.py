@@ -43,7 +43,7 @@ def compositional_study(config: TrainConfig, output: str | Path, *,
     """Train one model per held-out combination; write ``study.json`` and ``study.md``."""
     from fashionnet.evaluation import report_from_probabilities
     from fashionnet.inference import Predictor
-    from fashionnet.training import load_dataset, split_dataset, train
+    from fashionnet.training import load_dataset, train
 
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
@@ -71,7 +71,7 @@ def compositional_study(config: TrainConfig, output: str | Path, *,
         fold_config = dataclasses.replace(config, holdout=[combo])
         result = train(fold_config, output / "folds" / combo, overwrite=True, verbose=verbose,
                        data=data)
-        split = split_dataset(data, fold_config)
+        split = result.split
         test_records = [data.records[i] for i in split.test]
         predictor = Predictor(result.bundle, backend="keras")
         probs = predictor.predict_probabilities(data.images[split.test])

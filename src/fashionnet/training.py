@@ -60,6 +60,7 @@ class Dataset:
 class TrainResult:
     bundle: Bundle
     metrics: dict
+    split: Split
 
 
 def load_dataset(config: TrainConfig, progress: bool = True) -> Dataset:
@@ -249,7 +250,7 @@ def train(config: TrainConfig, output: str | Path, *, overwrite: bool = False,
             for name in ("train", "val", "test")})
         _write_history(tmp / "history.csv", hist)
         plot_history(hist, [h.name for h in heads], tmp)
-    return TrainResult(bundle, metrics)
+    return TrainResult(bundle, metrics, split)
 
 
 def _public(result: dict) -> dict:
