@@ -12,7 +12,6 @@ import dataclasses
 import logging
 import math
 import time
-from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -124,15 +123,11 @@ def compile_model(model, heads: Sequence[HeadSpec], config: TrainConfig,
 
 
 def evaluate_split(model, heads: Sequence[HeadSpec], images: np.ndarray,
-                   targets: dict[str, np.ndarray],
-                   temperatures: dict[str, float] | None = None) -> dict:
+                   targets: dict[str, np.ndarray]) -> dict:
     """Per-head accuracy and loss, and exact match, of a model on one split."""
     if len(images) == 0:
         return {"count": 0}
     probs = predict_probabilities(model, images)
-    if temperatures:
-        probs = [apply_temperature(p, temperatures.get(h.name, 1.0), h.multi)
-                 for p, h in zip(probs, heads)]
     out: dict = {"count": int(len(images)), "heads": {}}
     for head, p in zip(heads, probs):
         t = targets[head.output_name]
@@ -225,8 +220,7 @@ def train(config: TrainConfig, output: str | Path, *, overwrite: bool = False,
                 test_result["heads"][h.name]["ece"] = expected_calibration_error(t, raw)
                 test_result["heads"][h.name]["ece_calibrated"] = expected_calibration_error(t, cal)
 
-    trained_combos = sorted(Counter(combination(data.records[i].labels, heads)
-                                    for i in split.train))
+    trained_combos = sorted({combination(data.records[i].labels, heads) for i in split.train})
     metrics = {
         "split": split.summary(),
         "skipped_files": len(data.skipped),
