@@ -184,9 +184,12 @@ def write_report(report: dict, heads: Sequence[HeadSpec], folder: Path) -> None:
                            folder / f"confusion_{head.name}.png")
 
 
-def _pct(value) -> str:
-    return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) \
-        else f"{100 * value:.2f}%"
+def percent(value, digits: int = 2) -> str:
+    """0.9465 -> '94.65%'; None or NaN -> 'n/a'."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "n/a"
+    return f"{100 * value:.{digits}f}%"
+
 
 
 def render_markdown(report: dict) -> str:
@@ -197,16 +200,16 @@ def render_markdown(report: dict) -> str:
              "| head | accuracy | macro-F1 | ECE before calibration | ECE after |",
              "| --- | --- | --- | --- | --- |"]
     for name, h in report["heads"].items():
-        lines.append(f"| {name} | {_pct(h['accuracy'])} | {_pct(h.get('macro_f1'))} | "
-                     f"{_pct(h.get('ece_uncalibrated'))} | {_pct(h.get('ece'))} |")
-    lines += ["", f"**Exact match** (all heads right): {_pct(report['exact_match'])}"]
+        lines.append(f"| {name} | {percent(h['accuracy'])} | {percent(h.get('macro_f1'))} | "
+                     f"{percent(h.get('ece_uncalibrated'))} | {percent(h.get('ece'))} |")
+    lines += ["", f"**Exact match** (all heads right): {percent(report['exact_match'])}"]
     if report.get("partner_swaps", {}).get("unseen_rows"):
         lo, hi = report["unseen_exact_match_ci95"]
         swaps = report["partner_swaps"]
-        lines += ["", f"- seen combinations exact match: {_pct(report['seen_exact_match'])}",
-                  f"- unseen combinations exact match: {_pct(report['unseen_exact_match'])} "
-                  f"(95% CI {_pct(lo)} to {_pct(hi)})",
-                  f"- harmonic mean: {_pct(report['harmonic_mean'])}",
+        lines += ["", f"- seen combinations exact match: {percent(report['seen_exact_match'])}",
+                  f"- unseen combinations exact match: {percent(report['unseen_exact_match'])} "
+                  f"(95% CI {percent(lo)} to {percent(hi)})",
+                  f"- harmonic mean: {percent(report['harmonic_mean'])}",
                   f"- partner swaps on unseen rows: {swaps['total']} of {swaps['unseen_rows']} "
                   f"{swaps['by_head']}"]
     lines += ["", "| combination | seen | count | exact match | "
@@ -214,24 +217,24 @@ def render_markdown(report: dict) -> str:
               "| --- | --- | --- | --- | " + " | ".join("---" for _ in head_names) + " |"]
     for combo, c in report["combinations"].items():
         seen = {True: "seen", False: "**unseen**", None: "?"}[c["seen"]]
-        lines.append(f"| {combo} | {seen} | {c['count']} | {_pct(c['exact_match'])} | "
-                     + " | ".join(_pct(c["heads"][n]) for n in head_names) + " |")
+        lines.append(f"| {combo} | {seen} | {c['count']} | {percent(c['exact_match'])} | "
+                     + " | ".join(percent(c["heads"][n]) for n in head_names) + " |")
     for name, h in report["heads"].items():
         lines += ["", f"## {name}", "", "| class | precision | recall | F1 | support |",
                   "| --- | --- | --- | --- | --- |"]
         for cls, m in h["classes"].items():
-            lines.append(f"| {cls} | {_pct(m['precision'])} | {_pct(m['recall'])} | "
-                         f"{_pct(m['f1'])} | {m['support']} |")
+            lines.append(f"| {cls} | {percent(m['precision'])} | {percent(m['recall'])} | "
+                         f"{percent(m['f1'])} | {m['support']} |")
     return "\n".join(lines) + "\n"
 
 
 def summary_table(report: dict) -> str:
     """A few lines for the terminal."""
-    out = [f"{name:>12}: accuracy {_pct(h['accuracy'])}  macro-F1 {_pct(h.get('macro_f1'))}"
+    out = [f"{name:>12}: accuracy {percent(h['accuracy'])}  macro-F1 {percent(h.get('macro_f1'))}"
            for name, h in report["heads"].items()]
-    out.append(f"{'exact match':>12}: {_pct(report['exact_match'])}  ({report['count']} images)")
+    out.append(f"{'exact match':>12}: {percent(report['exact_match'])}  ({report['count']} images)")
     if not math.isnan(report.get("unseen_exact_match", math.nan)):
-        out.append(f"{'seen':>12}: {_pct(report['seen_exact_match'])}  unseen: "
-                   f"{_pct(report['unseen_exact_match'])}  harmonic mean: "
-                   f"{_pct(report['harmonic_mean'])}")
+        out.append(f"{'seen':>12}: {percent(report['seen_exact_match'])}  unseen: "
+                   f"{percent(report['unseen_exact_match'])}  harmonic mean: "
+                   f"{percent(report['harmonic_mean'])}")
     return "\n".join(out)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import math
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +18,7 @@ from fashionnet.bundle import write_json
 from fashionnet.config import TrainConfig
 from fashionnet.data.splits import check_holdout
 from fashionnet.errors import FashionNetError
+from fashionnet.evaluation import percent, report_from_probabilities
 from fashionnet.heads import combination
 from fashionnet.metrics import bootstrap_ci
 
@@ -41,7 +41,6 @@ def feasible_holdouts(records, heads) -> tuple[list[str], list[str]]:
 def compositional_study(config: TrainConfig, output: str | Path, *,
                         combinations: list[str] | None = None, verbose: int | str = 2) -> dict:
     """Train one model per held-out combination; write ``study.json`` and ``study.md``."""
-    from fashionnet.evaluation import report_from_probabilities
     from fashionnet.inference import Predictor
     from fashionnet.training import load_dataset, train
 
@@ -106,10 +105,6 @@ def summarise(folds: dict) -> dict:
             "mean_seen_exact_match": float(seen.mean())}
 
 
-def _pct(x) -> str:
-    return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.1f}%"
-
-
 def render_study(study: dict) -> str:
     folds = study["folds"]
     heads = [h["name"] for h in study["config"]["heads"]] or (
@@ -120,17 +115,17 @@ def render_study(study: dict) -> str:
              "| --- | --- | --- | " + " | ".join("---" for _ in heads) + " | --- | --- |"]
     for combo, f in folds.items():
         lo, hi = f["unseen_exact_match_ci95"]
-        lines.append(f"| {combo} | {f['unseen_count']} | {_pct(f['unseen_exact_match'])} "
-                     f"({_pct(lo)} to {_pct(hi)}) | "
-                     + " | ".join(_pct(f["unseen_head_accuracy"].get(h)) for h in heads)
-                     + f" | {_pct(f['seen_exact_match'])} | {f['partner_swaps']} |")
+        lines.append(f"| {combo} | {f['unseen_count']} | {percent(f['unseen_exact_match'], 1)} "
+                     f"({percent(lo, 1)} to {percent(hi, 1)}) | "
+                     + " | ".join(percent(f["unseen_head_accuracy"].get(h), 1) for h in heads)
+                     + f" | {percent(f['seen_exact_match'], 1)} | {f['partner_swaps']} |")
     s = study.get("summary") or {}
     if s:
         lo, hi = s["mean_unseen_ci95"]
-        lines += ["", f"Mean unseen exact match: **{_pct(s['mean_unseen_exact_match'])}** "
-                  f"(bootstrap 95% CI over folds {_pct(lo)} to {_pct(hi)}); worst fold "
-                  f"{_pct(s['min_unseen_exact_match'])}; mean seen exact match "
-                  f"{_pct(s['mean_seen_exact_match'])}."]
+        lines += ["", f"Mean unseen exact match: **{percent(s['mean_unseen_exact_match'], 1)}** "
+                  f"(bootstrap 95% CI over folds {percent(lo, 1)} to {percent(hi, 1)}); worst fold "
+                  f"{percent(s['min_unseen_exact_match'], 1)}; mean seen exact match "
+                  f"{percent(s['mean_seen_exact_match'], 1)}."]
     if study.get("infeasible"):
         lines += ["", "Not held out (a label would lose its only training partner): "
                   + ", ".join(study["infeasible"]) + "."]

@@ -49,6 +49,7 @@ class Dataset:
     heads: list[HeadSpec]
     images: np.ndarray
     skipped: list[str]
+    groups: np.ndarray | None = None  # near-duplicate groups, computed once on first split
 
     def targets(self, indices: np.ndarray | None = None) -> dict[str, np.ndarray]:
         records = self.records if indices is None else [self.records[i] for i in indices]
@@ -80,7 +81,9 @@ def load_dataset(config: TrainConfig, progress: bool = True) -> Dataset:
 
 
 def split_dataset(data: Dataset, config: TrainConfig) -> Split:
-    groups = duplicate_groups(data.images) if config.dedupe else None
+    if config.dedupe and data.groups is None:
+        data.groups = duplicate_groups(data.images)
+    groups = data.groups if config.dedupe else None
     return split_records(data.records, data.heads, mode=config.split,
                          val_fraction=config.val_fraction, test_fraction=config.test_fraction,
                          seed=config.seed, groups=groups, holdout=config.holdout)
