@@ -22,7 +22,6 @@ from fashionnet.errors import FashionNetError
 from fashionnet.heads import HeadSpec, combination, encode_targets
 from fashionnet.metrics import (
     accuracy,
-    apply_temperature,
     bootstrap_ci,
     confusion_matrix,
     exact_match_rows,
@@ -36,8 +35,13 @@ from fashionnet.metrics import (
 
 def report_from_probabilities(heads: Sequence[HeadSpec], records: Sequence[Record],
                               probs: Sequence[np.ndarray],
-                              trained_combinations: Sequence[str] = ()) -> dict:
-    """Every figure of the evaluation report, from probabilities and the true labels."""
+                              trained_combinations: Sequence[str] = (),
+                              uncalibrated: Sequence[np.ndarray] | None = None) -> dict:
+    """Every figure of the evaluation report, from probabilities and the true labels.
+
+    With ``uncalibrated`` (the probabilities before temperature scaling), single-label heads
+    also get ``ece_uncalibrated``.
+    """
     targets = encode_targets(records, heads)
     t_list = [targets[h.output_name] for h in heads]
     multi = [h.multi for h in heads]
@@ -47,7 +51,7 @@ def report_from_probabilities(heads: Sequence[HeadSpec], records: Sequence[Recor
     trained = set(trained_combinations)
     report: dict = {"count": len(records), "heads": {}, "combinations": {}}
 
-    for head, t, p in zip(heads, t_list, probs):
+    for k, (head, t, p) in enumerate(zip(heads, t_list, probs)):
         entry: dict = {"accuracy": accuracy(t, p, head.multi, head.threshold),
                        "labelled": int(known(t).sum())}
         mask = known(t)
@@ -58,6 +62,8 @@ def report_from_probabilities(heads: Sequence[HeadSpec], records: Sequence[Recor
             entry.update(per_class_report(matrix, head.classes))
             entry["confusion_matrix"] = matrix.tolist()
             entry["ece"] = expected_calibration_error(t, p)
+            if uncalibrated is not None:
+                entry["ece_uncalibrated"] = expected_calibration_error(t, uncalibrated[k])
         report["heads"][head.name] = entry
     report["exact_match"] = float(rows_right.mean()) if len(records) else math.nan
 
@@ -141,15 +147,10 @@ def evaluate(model: str | Path | Bundle, dataset: str | Path, *, output: str | P
         raise FashionNetError(f"{dataset}: no readable images to evaluate")
     predictor = Predictor(bundle, backend=backend, calibrated=calibrated)
     raw = predictor.predict_probabilities(decoded.images, calibrated=False)
-    probs = [apply_temperature(p, predictor.temperatures.get(h.name, 1.0), h.multi)
-             for p, h in zip(raw, heads)]
-    report = report_from_probabilities(heads, records, probs, bundle.trained_combinations)
-    targets = encode_targets(records, heads)
-    for head, p in zip(heads, raw):
-        if not head.multi:
-            entry = report["heads"][head.name]
-            entry["temperature"] = predictor.temperatures.get(head.name, 1.0)
-            entry["ece_uncalibrated"] = expected_calibration_error(targets[head.output_name], p)
+    report = report_from_probabilities(heads, records, predictor.calibrate(raw),
+                                       bundle.trained_combinations, uncalibrated=raw)
+    for head in heads:
+        report["heads"][head.name]["temperature"] = predictor.temperatures.get(head.name, 1.0)
     report["model"] = str(bundle.path)
     report["dataset"] = str(dataset)
     report["subset"] = subset or "all"
@@ -189,7 +190,6 @@ def percent(value, digits: int = 2) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "n/a"
     return f"{100 * value:.{digits}f}%"
-
 
 
 def render_markdown(report: dict) -> str:

@@ -124,8 +124,10 @@ class Predictor:
                 chunk.append(np.asarray(out, dtype=np.float32))
         probs = [np.concatenate(c) if c else np.zeros((0, len(h.classes)), np.float32)
                  for c, h in zip(chunks, self.heads)]
-        if not calibrated:
-            return probs
+        return self.calibrate(probs) if calibrated else probs
+
+    def calibrate(self, probs: list[np.ndarray]) -> list[np.ndarray]:
+        """Apply each head's temperature (fitted on validation) to raw probabilities."""
         return [apply_temperature(p, self.temperatures.get(h.name, 1.0), h.multi)
                 for p, h in zip(probs, self.heads)]
 

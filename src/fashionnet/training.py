@@ -199,8 +199,9 @@ def train(config: TrainConfig, output: str | Path, *, overwrite: bool = False,
     best = BestEpoch(heads, images["val"], targets["val"], config.patience, restore=has_val)
     callbacks = [best] if len(split.val) else []
     started = time.perf_counter()
-    history = model.fit(train_batches, validation_data=val_batches, epochs=config.epochs, shuffle=False,
-                        callbacks=callbacks, verbose=verbose)
+    # shuffle=False: the batches shuffle themselves (Keras ignores it for datasets anyway).
+    history = model.fit(train_batches, validation_data=val_batches, epochs=config.epochs,
+                        shuffle=False, callbacks=callbacks, verbose=verbose)
     fit_seconds = time.perf_counter() - started
     epochs_run = len(history.history.get("loss", []))
     hist = dict(history.history)

@@ -14,6 +14,7 @@ import io
 import json
 import logging
 import os
+import shutil
 import warnings
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -34,6 +35,10 @@ WHITE = (255, 255, 255)
 
 class ImageDecodeError(FashionNetError):
     """A file that is not a readable image."""
+
+
+class ImageTooLargeError(ImageDecodeError):
+    """An image over the pixel limit, or a decompression bomb: refused before decoding."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,7 +73,7 @@ def decode_image(source: str | Path | bytes, size: int = 96,
             with Image.open(stream) as im:
                 width, height = im.size
                 if width * height > max_pixels:
-                    raise ImageDecodeError(
+                    raise ImageTooLargeError(
                         f"{name}: {width}x{height} pixels is over the limit of {max_pixels}")
                 if im.format == "JPEG":
                     # Decode at 1/2, 1/4 or 1/8 scale when the photo is much larger than needed.
@@ -80,7 +85,7 @@ def decode_image(source: str | Path | bytes, size: int = 96,
     except ImageDecodeError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise ImageDecodeError(f"{name}: refused as a decompression bomb ({exc})") from None
+        raise ImageTooLargeError(f"{name}: refused as a decompression bomb ({exc})") from None
     except FileNotFoundError:
         raise ImageDecodeError(f"{name}: file not found") from None
     except (OSError, SyntaxError, ValueError, TypeError, EOFError) as exc:
@@ -202,7 +207,6 @@ def _cache_write(key: str, decoded: DecodedImages) -> None:
         tmp.rename(folder)
     except OSError as exc:  # a read-only home or a race with another process: just don't cache
         log.debug("image cache not written: %s", exc)
-        import shutil
         shutil.rmtree(tmp, ignore_errors=True)
 
 

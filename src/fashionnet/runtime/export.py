@@ -32,7 +32,7 @@ def export(bundle_dir: str | Path, formats: Sequence[str] | None = None) -> list
     runner = KerasRunner(bundle.keras_path, [h.output_name for h in bundle.heads])
     size = bundle.preprocessing.size
     probe = np.random.default_rng(0).random((8, size, size, 3), dtype=np.float32)
-    expected = runner(probe)
+    expected = runner(probe)  # also the one call Keras needs before it can export
     written = []
     if "onnx" in formats:
         written.append(_export_onnx(bundle, runner.model, probe, expected))
@@ -50,7 +50,6 @@ def _export_onnx(bundle, model, probe: np.ndarray, expected: list[np.ndarray]) -
                               "'fashionnet[export]'") from None
     raw = bundle.path / ".model.raw.onnx"
     try:
-        model(probe[:1])  # Keras needs one call before exporting
         model.export(str(raw), format="onnx", verbose=False)
         graph = onnx.load(str(raw))
     finally:

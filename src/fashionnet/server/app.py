@@ -22,7 +22,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from fashionnet.data.images import DEFAULT_MAX_PIXELS, ImageDecodeError
+from fashionnet.data.images import DEFAULT_MAX_PIXELS, ImageDecodeError, ImageTooLargeError
 from fashionnet.errors import FashionNetError
 from fashionnet.inference import Predictor, load
 
@@ -107,7 +107,7 @@ def create_app(model: str | Path | Predictor, *, max_bytes: int = 10_000_000,
             return predictor.decode(data)
         except ImageDecodeError as exc:
             reason = str(exc).split(": ", 1)[-1]
-            status = 413 if "over the limit" in reason or "bomb" in reason else 400
+            status = 413 if isinstance(exc, ImageTooLargeError) else 400
             raise ApiError(status, f"{name}: {reason}") from None
 
     def run(images: list[np.ndarray], names: list[str]) -> list[dict]:
@@ -117,7 +117,7 @@ def create_app(model: str | Path | Predictor, *, max_bytes: int = 10_000_000,
 
     @app.post("/v1/predict", summary="Classify one image (multipart `file` or raw body)")
     async def predict(request: Request) -> dict:
-        (name, data), = (await uploads(request, "file", many=False))[:1]
+        name, data = (await uploads(request, "file", many=False))[0]
         return run([decode(name, data)], [name])[0]
 
     @app.post("/v1/predict/batch", summary="Classify several images (multipart `files`)")
