@@ -11,7 +11,7 @@ HEADS = [HeadSpec("color", ["black", "blue", "red"], branch="color"),
 
 
 def test_recipe_model_outputs_and_branches():
-    model = build_model(HEADS)
+    model = build_model(HEADS, variant="recipe")
     assert model.output_names == ["color_output", "category_output"]
     assert model.input_shape == (None, 96, 96, 3)
     out = model(np.zeros((2, 96, 96, 3), np.float32))
@@ -83,7 +83,7 @@ def test_head_accuracy_skips_unknown_rows():
 
 
 def test_gap_variant_has_the_same_outputs_and_fewer_parameters():
-    recipe, gap = build_model(HEADS, 64), build_model(HEADS, 64, variant="gap")
+    recipe, gap = build_model(HEADS, 64, "recipe"), build_model(HEADS, 64, variant="gap")
     assert gap.output_names == recipe.output_names
     assert gap.count_params() < recipe.count_params() / 2
     with pytest.raises(ValueError, match="unknown architecture"):

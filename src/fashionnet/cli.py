@@ -30,19 +30,21 @@ def _config_from_args(args) -> TrainConfig:
     from fashionnet.heads import HeadSpec
 
     config = TrainConfig.from_toml(args.config) if args.config else TrainConfig()
+    if getattr(args, "preset", None):
+        config = config.with_preset(args.preset)
     overrides = {}
     if args.dataset:
         overrides["dataset"] = str(args.dataset)
     for name in ("epochs", "batch_size", "learning_rate", "input_size", "split", "seed", "architecture",
-                 "patience", "separator", "val_fraction", "test_fraction", "label_smoothing"):
+                 "patience", "separator", "val_fraction", "test_fraction", "label_smoothing",
+                 "recolor", "lr_decay", "bn_momentum", "augment"):
         value = getattr(args, name, None)
         if value is not None:
             overrides[name] = value
     if args.holdout:
         overrides["holdout"] = [c.strip() for c in args.holdout.split(",") if c.strip()]
-    for flag in ("augment", "strict"):
-        if getattr(args, flag):
-            overrides[flag] = True
+    if args.strict:
+        overrides["strict"] = True
     if args.no_cache:
         overrides["cache"] = False
     if args.no_dedupe:
@@ -67,9 +69,7 @@ def _config_from_args(args) -> TrainConfig:
         except ValueError:
             raise FashionNetError(f"--loss-weight {item!r}: {weight!r} is not a number") from None
     overrides["heads"] = heads
-    import dataclasses
-
-    return dataclasses.replace(config, **overrides)
+    return config.with_overrides(**overrides)
 
 
 def _add_train_options(p: argparse.ArgumentParser) -> None:
@@ -83,8 +83,18 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int)
     p.add_argument("--learning-rate", type=float)
     p.add_argument("--input-size", type=int)
-    p.add_argument("--architecture", choices=["recipe", "gap"],
-                   help="recipe: the recipe's network (default); gap: global average pooling")
+    p.add_argument("--architecture", choices=["disentangled", "recipe", "gap"],
+                   help="disentangled (default): one-pixel colour head, brightness-blind category "
+                        "branch, trained with recolouring; recipe: the recipe's network and "
+                        "training, exactly; gap: the recipe with global average pooling")
+    p.add_argument("--preset", choices=["quick"],
+                   help="quick: the cheap study protocol (64 px, 12 epochs, cosine schedule)")
+    p.add_argument("--lr-decay", choices=["recipe", "cosine", "none"],
+                   help="recipe: inverse-time per step; cosine: 1-epoch warm-up then cosine")
+    p.add_argument("--bn-momentum", type=float, help="BatchNorm moving-average momentum")
+    p.add_argument("--recolor", type=float, metavar="P",
+                   help="share of training images repainted in another colour, label moved "
+                        "with it (default 0.5 for disentangled, 0 for recipe)")
     p.add_argument("--split", choices=["standard", "recipe"],
                    help="standard: train/val/test (default); recipe: 80/20, test used as "
                         "validation, only to compare with the recipe")
@@ -93,7 +103,8 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--holdout", help="combinations kept out of training, e.g. red_shirt,blue_jeans")
     p.add_argument("--seed", type=int)
     p.add_argument("--patience", type=int, help="stop after N epochs without validation gain")
-    p.add_argument("--augment", action="store_true", help="flips, shifts, brightness/contrast")
+    p.add_argument("--augment", action=argparse.BooleanOptionalAction,
+                   help="flips, shifts, brightness/contrast (default: on for disentangled)")
     p.add_argument("--label-smoothing", type=float)
     p.add_argument("--loss-weight", action="append", metavar="HEAD=W")
     p.add_argument("--strict", action="store_true", help="fail on the first unreadable image")

@@ -7,7 +7,6 @@ each fold, so an interrupted study resumes where it stopped.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 from pathlib import Path
@@ -67,7 +66,7 @@ def compositional_study(config: TrainConfig, output: str | Path, *,
             log.info("fold %s: already done, skipped", combo)
             continue
         log.info("fold %s: training without it", combo)
-        fold_config = dataclasses.replace(config, holdout=[combo])
+        fold_config = config.with_overrides(holdout=[combo])
         result = train(fold_config, output / "folds" / combo, overwrite=True, verbose=verbose,
                        data=data)
         split = result.split

@@ -22,6 +22,7 @@ from fashionnet.bundle import Bundle, atomic_directory, write_json
 from fashionnet.config import TrainConfig
 from fashionnet.data.images import Preprocessing, decode_many
 from fashionnet.data.pipeline import batches
+from fashionnet.data.recolor import Recoloring, RecolorPlan
 from fashionnet.data.sources import Record, read_dataset
 from fashionnet.data.splits import Split, duplicate_groups, split_records
 from fashionnet.errors import FashionNetError
@@ -105,13 +106,46 @@ def class_weight_vector(head: HeadSpec, targets: np.ndarray) -> list[float] | No
     return (len(labelled) / (len(head.classes) * counts)).round(6).tolist()
 
 
-def compile_model(model, heads: Sequence[HeadSpec], config: TrainConfig,
-                  train_targets: dict[str, np.ndarray]) -> None:
-    lr = config.learning_rate
+def learning_rate(config: TrainConfig, steps_per_epoch: int):
+    """The learning rate or schedule ``config.lr_decay`` names."""
     if config.lr_decay == "recipe":
         # Keras 2's Adam(decay=lr/epochs): lr / (1 + decay * step), decayed every batch.
-        lr = keras.optimizers.schedules.InverseTimeDecay(
+        return keras.optimizers.schedules.InverseTimeDecay(
             config.learning_rate, decay_steps=1, decay_rate=config.learning_rate / config.epochs)
+    if config.lr_decay == "cosine":
+        # One epoch of linear warm-up (at most a tenth of the run), then cosine down to zero:
+        # a short run still ends on a small learning rate, the point of a real schedule.
+        total = max(1, config.epochs * steps_per_epoch)
+        warmup = min(steps_per_epoch, total // 10)
+        return keras.optimizers.schedules.CosineDecay(
+            config.learning_rate / 10, decay_steps=max(1, total - warmup), alpha=0.0,
+            warmup_target=config.learning_rate, warmup_steps=warmup)
+    return config.learning_rate
+
+
+def recoloring(heads: Sequence[HeadSpec], config: TrainConfig) -> Recoloring | None:
+    """Counterfactual recolouring for the first single-label colour head whose classes are
+    colour names recolouring knows; None when off or impossible (with a warning)."""
+    if not config.recolor:
+        return None
+    for head in heads:
+        if head.branch != "color" or head.multi:
+            continue
+        plan = RecolorPlan.for_classes(head.classes)
+        if plan is None:
+            log.warning("recolouring off: head %r has fewer than two colour names it knows "
+                        "(%s)", head.name, ", ".join(head.classes))
+            return None
+        if plan.unknown:
+            log.warning("recolouring never paints %s (unknown colour names)",
+                        ", ".join(plan.unknown))
+        return Recoloring(head.output_name, plan, config.recolor)
+    return None
+
+
+def compile_model(model, heads: Sequence[HeadSpec], config: TrainConfig,
+                  train_targets: dict[str, np.ndarray], steps_per_epoch: int = 1) -> None:
+    lr = learning_rate(config, steps_per_epoch)
     model.compile(
         optimizer=keras.optimizers.Adam(learning_rate=lr),
         loss={h.output_name: HeadLoss(multi=h.multi, focal_gamma=h.focal_gamma,
@@ -192,10 +226,12 @@ def train(config: TrainConfig, output: str | Path, *, overwrite: bool = False,
 
     model = build_model(heads, config.input_size, config.architecture, config.bn_momentum)
     train_batches = batches(images["train"], targets["train"], config.batch_size, shuffle=True,
-                            augment=config.augment, seed=config.seed)
+                            augment=config.augment, seed=config.seed,
+                            recolor=recoloring(heads, config))
     val_batches = (batches(images["val"], targets["val"], config.batch_size)
                    if len(split.val) else None)
-    compile_model(model, heads, config, targets["train"])
+    compile_model(model, heads, config, targets["train"],
+                  steps_per_epoch=math.ceil(len(split.train) / config.batch_size))
     best = BestEpoch(heads, images["val"], targets["val"], config.patience, restore=has_val)
     callbacks = [best] if len(split.val) else []
     started = time.perf_counter()

@@ -1,5 +1,9 @@
 """uint8 images + encoded targets -> float batches for Keras, with optional augmentation.
 
+Two kinds of augmentation: geometric/photometric changes that keep every label
+(`augment_batch`), and counterfactual recolouring that changes the colour label with the
+pixels (`fashionnet.data.recolor`), applied first, on uint8 training batches only.
+
 Images stay uint8 in memory (4x smaller than float32, 8x smaller than the recipe's float64)
 and are converted one batch at a time.
 """
@@ -12,6 +16,7 @@ import keras
 import numpy as np
 
 from fashionnet.data.images import to_model_input
+from fashionnet.data.recolor import Recoloring, recolor_batch
 
 
 def augment_batch(images: np.ndarray, rng: np.random.Generator, max_shift: int = 8,
@@ -43,8 +48,10 @@ class BatchSequence(keras.utils.PyDataset):
 
     def __init__(self, images: np.ndarray, targets: dict[str, np.ndarray] | None,
                  batch_size: int = 32, shuffle: bool = False, augment: bool = False,
-                 seed: int = 0, scale: float = 1.0 / 255.0):
+                 seed: int = 0, scale: float = 1.0 / 255.0,
+                 recolor: Recoloring | None = None):
         super().__init__()
+        self.recolor = recolor
         self.images = images
         self.targets = targets
         self.batch_size = batch_size
@@ -62,13 +69,18 @@ class BatchSequence(keras.utils.PyDataset):
     def __getitem__(self, index: int):
         rows = self.order[index * self.batch_size:(index + 1) * self.batch_size]
         batch = self.images[rows]
+        targets = None if self.targets is None else {n: y[rows] for n, y in self.targets.items()}
+        if self.recolor is not None and targets is not None:
+            out = self.recolor.output
+            batch, targets[out] = recolor_batch(batch, targets[out], self.recolor.plan,
+                                                self.recolor.probability, self.rng)
         if self.augment:
             x = augment_batch(batch, self.rng) * np.float32(self.scale)
         else:
             x = to_model_input(batch, self.scale)
-        if self.targets is None:
+        if targets is None:
             return (x,)
-        return x, {name: y[rows] for name, y in self.targets.items()}
+        return x, targets
 
     def on_epoch_end(self) -> None:
         if self.shuffle:
@@ -78,7 +90,7 @@ class BatchSequence(keras.utils.PyDataset):
 def tf_dataset(images: np.ndarray, targets: dict[str, np.ndarray] | None, batch_size: int = 32,
                shuffle: bool = False, augment: bool = False, seed: int = 0,
                scale: float = 1.0 / 255.0, max_shift: int = 8, brightness: float = 0.15,
-               contrast: float = 0.15):
+               contrast: float = 0.15, recolor: Recoloring | None = None):
     """The TensorFlow-backend twin of `BatchSequence`: same batches, ~2x less overhead."""
     import tensorflow as tf
 
@@ -87,6 +99,20 @@ def tf_dataset(images: np.ndarray, targets: dict[str, np.ndarray] | None, batch_
     if shuffle:
         ds = ds.shuffle(len(images), seed=seed, reshuffle_each_iteration=True)
     ds = ds.batch(batch_size)
+    if recolor is not None and targets is not None:
+        rng = np.random.default_rng(seed + 1)
+        out = recolor.output
+
+        def repaint(x, y):
+            def run(batch, t):
+                return recolor_batch(batch, t, recolor.plan, recolor.probability, rng)
+
+            new_x, new_t = tf.numpy_function(run, [x, y[out]], [tf.uint8, tf.float32])
+            new_x.set_shape(x.shape)
+            new_t.set_shape(y[out].shape)
+            return new_x, {**y, out: new_t}
+
+        ds = ds.map(repaint)
     size = images.shape[1]
 
     def prepare(x, *rest):
@@ -107,8 +133,9 @@ def tf_dataset(images: np.ndarray, targets: dict[str, np.ndarray] | None, batch_
 
 
 def batches(images: np.ndarray, targets: dict[str, np.ndarray] | None, batch_size: int = 32,
-            shuffle: bool = False, augment: bool = False, seed: int = 0):
+            shuffle: bool = False, augment: bool = False, seed: int = 0,
+            recolor: Recoloring | None = None):
     """Batches for `model.fit`: tf.data on the TensorFlow backend, a PyDataset elsewhere."""
     if keras.backend.backend() == "tensorflow":
-        return tf_dataset(images, targets, batch_size, shuffle, augment, seed)
-    return BatchSequence(images, targets, batch_size, shuffle, augment, seed)
+        return tf_dataset(images, targets, batch_size, shuffle, augment, seed, recolor=recolor)
+    return BatchSequence(images, targets, batch_size, shuffle, augment, seed, recolor=recolor)

@@ -17,9 +17,15 @@ import keras
 from keras import layers
 
 from fashionnet.heads import HeadSpec
-from fashionnet.model.layers import Grayscale
+from fashionnet.model.layers import (
+    BackgroundDistance,
+    GarmentWeightedPooling,
+    Grayscale,
+    ImageStandardization,
+    RandomPhotometric,
+)
 
-VARIANTS = ("recipe", "gap")
+VARIANTS = ("disentangled", "recipe", "gap")
 
 
 def _conv(x, filters: int, prefix: str, momentum: float):
@@ -57,6 +63,26 @@ def shallow_trunk(x, prefix: str, pooling: str = "flatten", momentum: float = 0.
     return _features(x, prefix, pooling)
 
 
+def pixel_color_head(inputs, head: HeadSpec, hidden: int = 24):
+    """A colour head that cannot see shape or texture: every weight acts on one pixel.
+
+    Three 1x1 convolutions turn each pixel's RGB (and its distance from the backdrop colour)
+    into class logits and an attention score; `GarmentWeightedPooling` sums them over the image.
+    The receptive field is one pixel on purpose: with any larger one the head learns that denim
+    texture means blue, and calls black jeans blue when training only ever showed blue jeans.
+    A 1x1 MLP can still learn any colour space (Lab- or HSV-like) it needs.
+    """
+    distance = BackgroundDistance(name=f"{head.name}_background_distance")(inputs)
+    x = layers.Concatenate(name=f"{head.name}_pixel_input")([inputs, distance])
+    x = layers.Conv2D(hidden, 1, activation="relu", name=f"{head.name}_pixel1")(x)
+    x = layers.Conv2D(hidden, 1, activation="relu", name=f"{head.name}_pixel2")(x)
+    logits = layers.Conv2D(len(head.classes), 1, name=f"{head.name}_pixel_logits")(x)
+    attention = layers.Conv2D(1, 1, name=f"{head.name}_pixel_attention")(x)
+    pooled = GarmentWeightedPooling(name=f"{head.name}_pooling")([logits, attention, distance])
+    activation = "sigmoid" if head.multi else "softmax"
+    return layers.Activation(activation, dtype="float32", name=head.output_name)(pooled)
+
+
 def _head(features, head: HeadSpec, units: int, momentum: float):
     x = layers.Dense(units, name=f"{head.name}_fc")(features)
     x = layers.Activation("relu", name=f"{head.name}_fc_relu")(x)
@@ -68,12 +94,16 @@ def _head(features, head: HeadSpec, units: int, momentum: float):
 
 
 def build_model(heads: Sequence[HeadSpec], input_size: int = 96,
-                variant: str = "recipe", bn_momentum: float = 0.99) -> keras.Model:
+                variant: str = "disentangled", bn_momentum: float = 0.99) -> keras.Model:
     """A Keras model with one output per head, named ``<head>_output``, in the heads' order.
 
     ``recipe`` flattens each trunk's feature map, as the recipe did; ``gap`` averages it over
     space instead: far fewer parameters, and the colour head cannot key on where things are
     (a shape cue), which is what breaks unseen colour+category combinations.
+    ``disentangled`` (the default) is built for unseen combinations: colour heads are
+    `pixel_color_head` (one-pixel receptive field), and the grayscale branch is photometrically
+    augmented in training and standardised per image before the recipe's deep trunk, with
+    global average pooling, so that neither shape leaks into colour nor darkness into category.
     ``bn_momentum`` 0.99 is Keras's (and the recipe's); lower it for runs of few steps, whose
     BatchNorm moving averages would otherwise not converge.
     """
@@ -82,12 +112,18 @@ def build_model(heads: Sequence[HeadSpec], input_size: int = 96,
     inputs = keras.Input(shape=(input_size, input_size, 3), name="image")
     trunks = {}
     outputs = []
+    pooling = "flatten" if variant == "recipe" else "gap"
     for head in heads:
+        if variant == "disentangled" and head.branch == "color":
+            outputs.append(pixel_color_head(inputs, head))
+            continue
         if head.branch not in trunks:
-            pooling = "gap" if variant == "gap" else "flatten"
             if head.branch == "gray":
-                trunks["gray"] = (deep_trunk(Grayscale(name="grayscale")(inputs), "gray",
-                                             pooling, bn_momentum), 256)
+                gray = Grayscale(name="grayscale")(inputs)
+                if variant == "disentangled":
+                    gray = RandomPhotometric(name="gray_photometric")(gray)
+                    gray = ImageStandardization(name="gray_standardize")(gray)
+                trunks["gray"] = (deep_trunk(gray, "gray", pooling, bn_momentum), 256)
             elif head.branch == "shared":
                 trunks["shared"] = (deep_trunk(inputs, "shared", pooling, bn_momentum), 256)
             else:

@@ -6,6 +6,8 @@ and the metric here skip such rows, so a record missing one label still trains t
 
 from __future__ import annotations
 
+import math
+
 import keras
 from keras import ops
 
@@ -117,3 +119,107 @@ class HeadAccuracy(keras.metrics.Metric):
 
     def get_config(self):
         return {**super().get_config(), "multi": self.multi, "threshold": self.threshold}
+
+
+@keras.saving.register_keras_serializable(PACKAGE)
+class RandomPhotometric(keras.layers.Layer):
+    """Training only: random gamma, contrast and brightness of a [0, 1] image.
+
+    Put on the category branch's grayscale input, it makes how dark a garment looks useless as
+    a category cue (in the fashion set every pair of jeans is dark and every dress light, so a
+    network that reads darkness names a blue shirt "jeans"). Identity at inference.
+    """
+
+    def __init__(self, brightness: float = 0.2, contrast: float = 0.3, gamma: float = 0.6,
+                 seed: int | None = None, **kwargs):
+        super().__init__(**kwargs)
+        self.brightness, self.contrast, self.gamma, self.seed = brightness, contrast, gamma, seed
+        self.seed_generator = keras.random.SeedGenerator(seed)
+
+    def call(self, inputs, training=None):
+        if not training:
+            return inputs
+        shape = (ops.shape(inputs)[0], 1, 1, 1)
+        spread = float(math.log1p(self.gamma))
+        gamma = ops.exp(keras.random.uniform(shape, -spread, spread, seed=self.seed_generator))
+        x = ops.power(ops.clip(inputs, EPSILON, 1.0), gamma)
+        contrast = keras.random.uniform(shape, 1.0 - self.contrast, 1.0 + self.contrast,
+                                        seed=self.seed_generator)
+        brightness = keras.random.uniform(shape, -self.brightness, self.brightness,
+                                          seed=self.seed_generator)
+        mean = ops.mean(x, axis=(1, 2, 3), keepdims=True)
+        return ops.clip((x - mean) * contrast + mean + brightness, 0.0, 1.0)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {**super().get_config(), "brightness": self.brightness,
+                "contrast": self.contrast, "gamma": self.gamma, "seed": self.seed}
+
+
+@keras.saving.register_keras_serializable(PACKAGE)
+class ImageStandardization(keras.layers.Layer):
+    """Per image: zero mean, unit variance, so overall brightness and contrast carry no signal."""
+
+    def call(self, inputs):
+        mean = ops.mean(inputs, axis=(1, 2, 3), keepdims=True)
+        var = ops.mean(ops.square(inputs - mean), axis=(1, 2, 3), keepdims=True)
+        return (inputs - mean) / ops.sqrt(var + 1e-4)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+
+@keras.saving.register_keras_serializable(PACKAGE)
+class BackgroundDistance(keras.layers.Layer):
+    """Per pixel: the distance of its RGB colour from the image's background colour.
+
+    The background is the median colour of the image's outermost pixels (product photos sit on
+    a plain backdrop). The output, one channel, tells a per-pixel head which pixels are garment
+    without giving it any shape: it depends on the pixel and the border only.
+    """
+
+    def call(self, inputs):
+        border = ops.concatenate([inputs[:, 0, :, :], inputs[:, -1, :, :],
+                                  inputs[:, :, 0, :], inputs[:, :, -1, :]], axis=1)
+        background = ops.median(border, axis=1)
+        diff = inputs - background[:, None, None, :]
+        return ops.sqrt(ops.sum(ops.square(diff), axis=-1, keepdims=True) + EPSILON)
+
+    def compute_output_shape(self, input_shape):
+        return (*input_shape[:-1], 1)
+
+
+@keras.saving.register_keras_serializable(PACKAGE)
+class GarmentWeightedPooling(keras.layers.Layer):
+    """Pool per-pixel logits into one vector, weighted toward the garment.
+
+    Inputs: ``[logits (B, H, W, C), attention (B, H, W, 1), background_distance (B, H, W, 1)]``.
+    Each pixel's weight is a softmax over the image of its learned attention plus a fixed prior,
+    ``log(clip(distance / scale, floor, 1))``: pixels the colour of the backdrop count ``floor``
+    times as much as garment pixels, so a white background cannot outvote a black garment, yet
+    a white garment on white still gets a vote. A sum over pixels: where a pixel is does not
+    matter, only what colour it is.
+    """
+
+    def __init__(self, scale: float = 0.15, floor: float = 0.02, **kwargs):
+        super().__init__(**kwargs)
+        self.scale, self.floor = scale, floor
+
+    def call(self, inputs):
+        logits, attention, distance = inputs
+        prior = ops.log(ops.clip(distance / self.scale, self.floor, 1.0))
+        scores = attention + prior
+        batch = ops.shape(logits)[0]
+        scores = ops.reshape(scores, (batch, -1, 1))
+        weights = ops.softmax(scores, axis=1)
+        flat = ops.reshape(logits, (batch, -1, ops.shape(logits)[-1]))
+        return ops.sum(weights * flat, axis=1)
+
+    def compute_output_shape(self, input_shape):
+        logits_shape = input_shape[0]
+        return (logits_shape[0], logits_shape[-1])
+
+    def get_config(self):
+        return {**super().get_config(), "scale": self.scale, "floor": self.floor}

@@ -1,0 +1,165 @@
+"""The levers for unseen combinations: a shape-blind colour head, a brightness-blind category
+branch, counterfactual recolouring, the architecture defaults and the cosine schedule."""
+
+import colorsys
+
+import keras
+import numpy as np
+import pytest
+
+from fashionnet.config import TrainConfig
+from fashionnet.data.recolor import RecolorPlan, garment_mask, paint, recolor_batch
+from fashionnet.errors import FashionNetError
+from fashionnet.heads import HeadSpec
+from fashionnet.model.fashionnet import build_model
+from fashionnet.model.layers import ImageStandardization, RandomPhotometric
+
+HEADS = [HeadSpec("color", ["black", "blue", "red"], branch="color"),
+         HeadSpec("category", ["dress", "jeans", "shirt", "shoes"], branch="gray")]
+
+
+def _garment(size=32, color=(200, 30, 30), box=(8, 24, 10, 22)) -> np.ndarray:
+    """A plain white backdrop with a textured rectangle 'garment'."""
+    rng = np.random.default_rng(1)
+    image = np.full((size, size, 3), 255, np.uint8)
+    y0, y1, x0, x1 = box
+    shade = rng.uniform(0.7, 1.0, (y1 - y0, x1 - x0, 1))
+    image[y0:y1, x0:x1] = (np.array(color) * shade).astype(np.uint8)
+    return image
+
+
+def _hue(rgb) -> float:
+    return 360 * colorsys.rgb_to_hsv(*(np.asarray(rgb, float) / 255))[0]
+
+
+def test_colour_head_is_blind_to_shape():
+    """Same pixels, rearranged inside the frame (a new shape, same colours): the colour output
+    does not move, while the category branch, which sees shape, does."""
+    model = build_model(HEADS, 32)
+    rng = np.random.default_rng(0)
+    image = _garment().astype(np.float32) / 255
+    image[8:24, 10:22] += rng.uniform(-0.2, 0.2, (16, 12, 3)).astype(np.float32)
+    image = np.clip(image, 0, 1)
+    inner = image[1:-1, 1:-1].reshape(-1, 3)
+    shuffled = image.copy()
+    shuffled[1:-1, 1:-1] = inner[rng.permutation(len(inner))].reshape(30, 30, 3)
+    a = model(image[None], training=False)
+    b = model(shuffled[None], training=False)
+    np.testing.assert_allclose(np.asarray(a[0]), np.asarray(b[0]), atol=1e-5)
+    assert not np.allclose(np.asarray(a[1]), np.asarray(b[1]), atol=1e-4)
+
+
+def test_colour_head_is_small():
+    model = build_model(HEADS, 32)
+    colour_weights = sum(int(np.prod(w.shape)) for layer in model.layers
+                         if layer.name.startswith("color_") for w in layer.weights)
+    assert 0 < colour_weights < 2000
+
+
+def test_category_branch_ignores_brightness_and_contrast():
+    model = build_model(HEADS, 32)
+    image = _garment().astype(np.float32)[None] / 255
+    darker = image * 0.6 + 0.1  # affine change of every pixel: contrast and brightness
+    a, b = model(image, training=False), model(darker, training=False)
+    np.testing.assert_allclose(np.asarray(a[1]), np.asarray(b[1]), atol=1e-4)
+
+
+def test_photometric_augmentation_only_in_training():
+    layer = RandomPhotometric(seed=3)
+    x = np.random.default_rng(0).uniform(0, 1, (4, 8, 8, 1)).astype(np.float32)
+    np.testing.assert_array_equal(np.asarray(layer(x, training=False)), x)
+    y = np.asarray(layer(x, training=True))
+    assert y.shape == x.shape and not np.allclose(y, x) and y.min() >= 0 and y.max() <= 1
+    z = np.asarray(ImageStandardization()(x))
+    np.testing.assert_allclose(z.mean(axis=(1, 2, 3)), 0, atol=1e-5)
+
+
+def test_disentangled_model_round_trips_in_safe_mode(tmp_path):
+    model = build_model(HEADS, 32)
+    path = tmp_path / "m.keras"
+    model.save(path)
+    loaded = keras.saving.load_model(path, safe_mode=True)
+    x = _garment()[None].astype(np.float32) / 255
+    for a, b in zip(model(x, training=False), loaded(x, training=False)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6)
+
+
+def test_garment_mask_finds_the_garment_not_the_backdrop():
+    mask = garment_mask(_garment())
+    assert mask[8:24, 10:22].mean() > 0.95
+    assert mask[:8].max() == 0 and mask[:, :10].max() == 0
+
+
+@pytest.mark.parametrize("target", ["blue", "black", "white", "red", "green"])
+def test_paint_moves_the_garment_to_the_target_colour(target):
+    image = _garment(color=(30, 60, 200) if target == "red" else (200, 30, 30))
+    out = paint(image, garment_mask(image), target, np.random.default_rng(0))
+    garment = out[8:24, 10:22].reshape(-1, 3).astype(float).mean(axis=0)
+    np.testing.assert_array_equal(out[:8], image[:8])  # backdrop untouched
+    value = garment.max() / 255
+    if target == "black":
+        assert value < 0.25
+    elif target == "white":
+        assert value > 0.8 and garment.min() / garment.max() > 0.85
+    else:
+        expected = {"blue": 218, "red": 0, "green": 125}[target]
+        distance = min(abs(_hue(garment) - expected), 360 - abs(_hue(garment) - expected))
+        assert distance < 25
+
+
+def test_recolouring_moves_the_label_with_the_pixels():
+    plan = RecolorPlan.for_classes(["black", "blue", "red"])
+    images = np.stack([_garment(color=(200, 30, 30))] * 16)
+    targets = np.zeros((16, 3), np.float32)
+    targets[:, 2] = 1.0  # all red
+    targets[3] = -1.0  # unknown colour: never repainted
+    out, new = recolor_batch(images, targets, plan, 1.0, np.random.default_rng(0))
+    np.testing.assert_array_equal(out[3], images[3])
+    np.testing.assert_array_equal(new[3], targets[3])
+    moved = [i for i in range(16) if i != 3]
+    assert (new[moved].argmax(axis=1) != 2).all() and (new[moved].sum(axis=1) == 1).all()
+    for i in moved:
+        garment = out[i, 8:24, 10:22].reshape(-1, 3).astype(float).mean(axis=0)
+        if new[i].argmax() == 0:  # black
+            assert garment.max() < 0.25 * 255
+        else:  # blue
+            assert abs(_hue(garment) - 218) < 25
+    np.testing.assert_array_equal(images[0], _garment(color=(200, 30, 30)))  # input kept
+
+
+def test_recolouring_skips_images_without_a_backdrop_and_unknown_colours():
+    plan = RecolorPlan.for_classes(["black", "blue", "plaid"])
+    assert plan.unknown == ["plaid"]
+    assert RecolorPlan.for_classes(["plaid", "denim"]) is None
+    full_frame = np.full((32, 32, 3), 90, np.uint8)
+    assert plan.recolor(full_frame, 0, np.random.default_rng(0)) is None
+    done = plan.recolor(_garment(), 0, np.random.default_rng(0))
+    assert done is not None and done[1] == 1  # 'plaid' (index 2) is never a target
+
+
+def test_architecture_brings_its_own_defaults_unless_given():
+    default = TrainConfig()
+    assert default.architecture == "disentangled" and default.recolor > 0
+    assert default.lr_decay == "cosine" and default.augment
+    recipe = default.with_overrides(holdout=["x"]).with_overrides(architecture="recipe")
+    assert (recipe.epochs, recipe.lr_decay, recipe.augment, recipe.recolor,
+            recipe.bn_momentum) == (50, "recipe", False, 0.0, 0.99)
+    assert recipe.holdout == ["x"]
+    quick = TrainConfig().with_preset("quick").with_overrides(architecture="recipe")
+    assert (quick.epochs, quick.input_size, quick.lr_decay, quick.augment) == (12, 64, "cosine",
+                                                                                False)
+    with pytest.raises(FashionNetError, match="architecture"):
+        TrainConfig(architecture="resnet")
+    with pytest.raises(FashionNetError, match="recolor"):
+        TrainConfig(recolor=2.0)
+    with pytest.raises(FashionNetError, match="preset"):
+        TrainConfig().with_preset("slow")
+
+
+def test_cosine_schedule_warms_up_then_decays_to_zero():
+    from fashionnet.training import learning_rate
+
+    schedule = learning_rate(TrainConfig(epochs=10, learning_rate=1e-3), steps_per_epoch=20)
+    rates = [float(schedule(step)) for step in (0, 10, 20, 100, 199)]
+    assert rates[0] < rates[1] < rates[2] == pytest.approx(1e-3)
+    assert rates[3] < rates[2] and rates[4] < 1e-5
