@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import sys
 from pathlib import Path
@@ -155,8 +156,19 @@ def cmd_classify(args) -> int:
 
             annotate(result.source, result, args.annotate)
     if args.json:
-        print(json.dumps([r.to_dict() for r in results], indent=2))
+        # Strict JSON: a non-finite number (NaN, Infinity) is written as null, never as NaN.
+        print(json.dumps(_finite([r.to_dict() for r in results]), indent=2, allow_nan=False))
     return 1 if failures == len(results) else 0
+
+
+def _finite(value):
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
 
 
 def cmd_demo(args) -> int:

@@ -27,7 +27,8 @@ from fashionnet.metrics import apply_temperature
 from fashionnet.runtime.runners import KerasRunner, OnnxRunner, Runner, onnx_available
 
 BACKENDS = ("auto", "onnx", "keras")
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff", ".jfif"}
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff", ".jfif",
+                  ".avif"}
 
 
 @dataclasses.dataclass
@@ -101,6 +102,48 @@ class Predictor:
                 raise FashionNetError(
                     f"{bundle.path}: has no model.onnx and Keras is not installed; install "
                     "fashionnet[train] or export the bundle to ONNX") from None
+        self._check_model(bundle.onnx_path if use_onnx else bundle.keras_path)
+
+    def _check_model(self, model_path: Path) -> None:
+        """The model must match labels.json: input size, and one output unit per class."""
+        labels = self.bundle.path / "labels.json"
+        size = self.bundle.preprocessing.size
+        shape = tuple(getattr(self.runner, "input_shape", ()) or ())
+        if shape and (len(shape) != 3 or shape[2] not in (None, 3)
+                      or any(d not in (None, size) for d in shape[:2])):
+            raise FashionNetError(
+                f"{model_path}: takes input {shape} but {labels} field 'preprocessing.size' "
+                f"says {size}x{size}x3")
+        widths = getattr(self.runner, "output_widths", None) or [None] * len(self.heads)
+        for i, (head, width) in enumerate(zip(self.heads, widths)):
+            if width is not None and width != len(head.classes):
+                raise FashionNetError(
+                    f"{model_path}: output {head.output_name!r} has {width} units but {labels} "
+                    f"field 'heads[{i}].classes' lists {len(head.classes)} classes")
+
+    def self_test(self) -> None:
+        """One real prediction on a blank image; raises FashionNetError if anything is off.
+
+        Catches what static checks cannot: a model whose outputs have the wrong shape at run
+        time, or that returns NaN.
+        """
+        size = self.bundle.preprocessing.size
+        blank = np.full((1, size, size, 3), 255, np.uint8)
+        try:
+            probs = self.predict_probabilities(blank)
+        except FashionNetError:
+            raise
+        except Exception as exc:
+            text = " ".join(str(exc).split())[:300]
+            raise FashionNetError(f"{self.bundle.path}: a test prediction failed "
+                                  f"({type(exc).__name__}: {text})") from None
+        for head, p in zip(self.heads, probs):
+            if p.shape != (1, len(head.classes)):
+                raise FashionNetError(f"{self.bundle.path}: head {head.name!r} answered shape "
+                                      f"{p.shape}, expected (1, {len(head.classes)})")
+            if not np.isfinite(p).all():
+                raise FashionNetError(f"{self.bundle.path}: head {head.name!r} answered "
+                                      f"non-finite probabilities on a blank image")
 
     @property
     def backend(self) -> str:
@@ -135,8 +178,17 @@ class Predictor:
                        ) -> list[Prediction]:
         probs = self.predict_probabilities(images)
         sources = sources or [f"image {i}" for i in range(len(images))]
+        for head, p in zip(self.heads, probs):
+            if p.shape != (len(images), len(head.classes)):
+                raise FashionNetError(f"{self.bundle.path}: head {head.name!r} answered shape "
+                                      f"{p.shape}, expected {(len(images), len(head.classes))}")
+        finite = np.ones(len(images), bool)
+        for p in probs:
+            finite &= np.isfinite(p).all(axis=1)
         return [Prediction(src, {h.name: head_prediction(h, p[i])
-                                 for h, p in zip(self.heads, probs)})
+                                 for h, p in zip(self.heads, probs)}) if finite[i]
+                else Prediction(src, error=f"{src}: the model answered NaN or infinity; "
+                                           "no prediction")
                 for i, src in enumerate(sources)]
 
     def predict_files(self, paths: Sequence[str | Path], strict: bool = False,

@@ -8,6 +8,7 @@ Every export is checked against Keras on random inputs before it is written into
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
@@ -48,7 +49,7 @@ def _export_onnx(bundle, model, probe: np.ndarray, expected: list[np.ndarray]) -
     except ImportError:
         raise FashionNetError("ONNX export needs the export extra: pip install "
                               "'fashionnet[export]'") from None
-    raw = bundle.path / ".model.raw.onnx"
+    raw = bundle.path / f".model.raw.tmp-{os.getpid()}.onnx"
     try:
         model.export(str(raw), format="onnx", verbose=False)
         graph = onnx.load(str(raw))
@@ -96,7 +97,7 @@ def _rename_outputs(graph, renames: dict[str, str]) -> None:
 
 def _export_savedmodel(bundle, model) -> Path:
     target = bundle.path / "savedmodel"
-    tmp = bundle.path / ".savedmodel.tmp"
+    tmp = bundle.path / f".savedmodel.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     model.export(str(tmp), format="tf_saved_model", verbose=False)
     shutil.rmtree(target, ignore_errors=True)

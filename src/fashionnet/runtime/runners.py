@@ -16,8 +16,21 @@ from fashionnet.errors import FashionNetError
 
 class Runner(Protocol):
     name: str
+    #: (height, width, channels) the model takes, None where the model leaves it open
+    input_shape: tuple[int | None, ...]
+    #: the last dimension of each requested output, in the order asked for (None: unknown)
+    output_widths: list[int | None]
 
     def __call__(self, batch: np.ndarray) -> list[np.ndarray]: ...
+
+
+def _one_line(exc: BaseException, limit: int = 300) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _dim(value) -> int | None:
+    return int(value) if isinstance(value, (int, np.integer)) and value > 0 else None
 
 
 class KerasRunner:
@@ -29,14 +42,30 @@ class KerasRunner:
         import fashionnet.model.layers  # noqa: F401  (registers the custom objects)
 
         try:
+            # Safe mode: no Lambda layers, no arbitrary Python objects. Whatever Keras raises
+            # for a tampered or broken file (ValueError, TypeError, KeyError, BadZipFile, ...)
+            # is one line naming the file.
             self.model = keras.saving.load_model(path, compile=False, safe_mode=True)
-        except (OSError, ValueError) as exc:
-            raise FashionNetError(f"{path}: cannot load the Keras model ({exc})") from None
-        names = list(self.model.output_names)
-        missing = [n for n in output_names if n not in names]
-        if missing:
-            raise FashionNetError(f"{path}: outputs {missing} missing (has {names})")
-        self.order = [names.index(n) for n in output_names]
+        except Exception as exc:
+            raise FashionNetError(f"{path}: cannot load the Keras model safely "
+                                  f"({type(exc).__name__}: {_one_line(exc)})") from None
+        try:
+            names = list(self.model.output_names)
+            missing = [n for n in output_names if n not in names]
+            if missing:
+                raise FashionNetError(f"{path}: outputs {missing} missing (has {names})")
+            self.order = [names.index(n) for n in output_names]
+            inputs = list(self.model.inputs)
+            if len(inputs) != 1:
+                raise FashionNetError(f"{path}: the model has {len(inputs)} inputs, expected 1")
+            self.input_shape = tuple(_dim(d) for d in tuple(inputs[0].shape)[1:])
+            outputs = list(self.model.outputs)
+            self.output_widths = [_dim(tuple(outputs[i].shape)[-1]) for i in self.order]
+        except FashionNetError:
+            raise
+        except Exception as exc:  # a model that loads but is not a Functional network
+            raise FashionNetError(f"{path}: not a usable FashionNet model "
+                                  f"({type(exc).__name__}: {_one_line(exc)})") from None
 
     def __call__(self, batch: np.ndarray) -> list[np.ndarray]:
         import keras
@@ -59,13 +88,18 @@ class OnnxRunner:
             self.session = ort.InferenceSession(str(path), options,
                                                 providers=["CPUExecutionProvider"])
         except Exception as exc:  # onnxruntime raises its own non-Python-standard types
-            raise FashionNetError(f"{path}: cannot load the ONNX model ({exc})") from None
-        available = [o.name for o in self.session.get_outputs()]
+            raise FashionNetError(f"{path}: cannot load the ONNX model ({_one_line(exc)})") from None
+        available = {o.name: o for o in self.session.get_outputs()}
         missing = [n for n in output_names if n not in available]
         if missing:
-            raise FashionNetError(f"{path}: outputs {missing} missing (has {available})")
+            raise FashionNetError(f"{path}: outputs {missing} missing (has {list(available)})")
         self.outputs = list(output_names)
-        self.input = self.session.get_inputs()[0].name
+        inputs = self.session.get_inputs()
+        if len(inputs) != 1:
+            raise FashionNetError(f"{path}: the model has {len(inputs)} inputs, expected 1")
+        self.input = inputs[0].name
+        self.input_shape = tuple(_dim(d) for d in list(inputs[0].shape or [])[1:])
+        self.output_widths = [_dim((available[n].shape or [None])[-1]) for n in self.outputs]
 
     def __call__(self, batch: np.ndarray) -> list[np.ndarray]:
         return self.session.run(self.outputs, {self.input: batch.astype(np.float32)})

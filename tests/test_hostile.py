@@ -1,0 +1,499 @@
+"""Hostile and broken inputs (issue 11): every input path, attacked.
+
+Each test here failed before its fix. The classes: decoders that raise what nobody expects,
+formats that should never be opened, FIFOs, damaged caches, tampered bundles, crashes between
+renames, manifests that lie about their lines, and the HTTP server under abuse. Grow this file
+with every new input path.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+import shutil
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from fashionnet.bundle import atomic_directory, load_bundle, recover, update_bundle_file
+from fashionnet.cli import main
+from fashionnet.data import images as images_module
+from fashionnet.data.images import ImageDecodeError, decode_image, decode_many
+from fashionnet.errors import FashionNetError
+from tests.conftest import solid
+
+RED = (220, 20, 20)
+
+
+def run_cli(capsys, *argv):
+    code = main([str(a) for a in argv])
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def one_line_error(err: str) -> bool:
+    return err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err
+
+
+def corrupt_avif_raising_runtime_error() -> bytes | None:
+    """A damaged AVIF on which Pillow's AVIF plugin raises RuntimeError (None if none found)."""
+    if "AVIF" not in Image.registered_extensions().values():
+        return None
+    buf = io.BytesIO()
+    Image.new("RGB", (64, 64), RED).save(buf, "AVIF")
+    data = buf.getvalue()
+    rng = np.random.default_rng(0)
+    for _ in range(2000):
+        mutated = bytearray(data)
+        for _ in range(3):
+            mutated[int(rng.integers(0, len(mutated)))] = int(rng.integers(0, 256))
+        try:
+            with Image.open(io.BytesIO(bytes(mutated)), formats=["AVIF"]) as im:
+                im.load()
+        except RuntimeError:
+            return bytes(mutated)
+        except Exception:
+            continue
+    return None
+
+
+# --- 8. every decoder failure is the file's failure -------------------------------------
+
+
+def test_a_corrupt_avif_raising_runtime_error_is_one_skipped_file(tmp_path):
+    data = corrupt_avif_raising_runtime_error()
+    if data is None:
+        pytest.skip("this Pillow has no AVIF decoder that raises RuntimeError")
+    (tmp_path / "bad.avif").write_bytes(data)
+    with pytest.raises(ImageDecodeError, match="bad.avif"):
+        decode_image(tmp_path / "bad.avif")
+    good = solid(tmp_path / "good.jpg", RED)
+    out = decode_many([good, tmp_path / "bad.avif", good], 16, progress=False, cache=False)
+    assert out.kept.tolist() == [0, 2] and len(out.failures) == 1
+
+
+@pytest.mark.parametrize("error", [RuntimeError("Failed to decode image"), KeyError("tile"),
+                                   IndexError("list index out of range"),
+                                   __import__("struct").error("unpack requires a buffer"),
+                                   ZeroDivisionError("division by zero")])
+def test_any_exception_from_a_decoder_plugin_fails_only_that_file(tmp_path, monkeypatch, error):
+    good = solid(tmp_path / "good.png", RED)
+    bad = solid(tmp_path / "bad.png", RED, size=(41, 41))
+    real = images_module._to_rgb
+
+    def to_rgb(im, background):
+        if im.size == (41, 41):
+            raise error
+        return real(im, background)
+
+    monkeypatch.setattr(images_module, "_to_rgb", to_rgb)
+    with pytest.raises(ImageDecodeError, match=r"bad\.png: "):
+        decode_image(bad, 16)
+    out = decode_many([good, bad, good], 16, progress=False, cache=False)
+    assert out.kept.tolist() == [0, 2] and "bad.png" in out.failures[0]
+    assert "\n" not in out.failures[0]
+
+
+def test_classify_keeps_the_good_images_of_a_batch_with_a_crashing_decoder(
+        tiny_bundle, tmp_path, monkeypatch, capsys):
+    good = solid(tmp_path / "good.png", RED)
+    bad = solid(tmp_path / "bad.png", RED, size=(41, 41))
+    real = images_module._to_rgb
+
+    def to_rgb(im, background):
+        if im.size == (41, 41):
+            raise RuntimeError("decoder exploded")
+        return real(im, background)
+
+    monkeypatch.setattr(images_module, "_to_rgb", to_rgb)
+    code, out, err = run_cli(capsys, "classify", "--model", tiny_bundle.bundle.path, good, bad,
+                             "--json", "--backend", "keras")
+    results = json.loads(out)
+    assert code == 0 and "heads" in results[0] and "decoder exploded" in results[1]["error"]
+    assert "Traceback" not in err
+
+
+# --- 3. only the documented formats are opened -------------------------------------------
+
+
+@pytest.mark.parametrize("fmt,suffix", [("ICO", "ico"), ("PPM", "ppm"), ("TGA", "tga"),
+                                        ("PCX", "pcx"), ("SGI", "sgi"), ("DDS", "dds")])
+def test_undocumented_formats_are_refused_unread(tmp_path, fmt, suffix):
+    path = tmp_path / f"x.{suffix}"
+    Image.new("RGB", (32, 32), RED).save(path, fmt)
+    with Image.open(path) as im:  # Pillow itself would open it
+        assert im.format == fmt
+    with pytest.raises(ImageDecodeError, match="not an image"):
+        decode_image(path, 16)
+
+
+def test_eps_never_reaches_ghostscript(tmp_path, monkeypatch):
+    from PIL import EpsImagePlugin
+
+    calls = []
+    monkeypatch.setattr(EpsImagePlugin, "Ghostscript",
+                        lambda *a, **k: calls.append(a) or (_ for _ in ()).throw(AssertionError))
+    monkeypatch.setattr(EpsImagePlugin, "has_ghostscript", lambda: True)
+    eps = (b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 100000 100000\n"
+           b"newpath 0 0 moveto 10 10 lineto stroke\nshowpage\n%%EOF\n")
+    (tmp_path / "evil.jpg").write_bytes(eps)  # an extension that lies, too
+    with pytest.raises(ImageDecodeError, match="not an image"):
+        decode_image(tmp_path / "evil.jpg", 16)
+    assert calls == []
+
+
+def test_documented_formats_still_open(tmp_path):
+    for fmt, suffix in (("TIFF", "tif"), ("WEBP", "webp"), ("GIF", "gif"), ("BMP", "bmp")):
+        path = solid(tmp_path / f"a.{suffix}", RED, fmt=fmt)
+        assert decode_image(path, 8)[..., 0].mean() > 180
+
+
+def test_sixteen_bit_png_decodes_without_a_float64_copy(tmp_path):
+    values = np.full((64, 64), 40000, np.uint16)
+    Image.fromarray(values).save(tmp_path / "d.png")
+    out = decode_image(tmp_path / "d.png", 8)
+    assert int(out[4, 4, 0]) == 40000 // 257
+
+
+# --- 10. regular files only; manifests stay in their folder ----------------------------
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs on this platform")
+def test_a_fifo_is_refused_at_once_not_waited_on(tmp_path):
+    import threading
+
+    fifo = tmp_path / "pipe.jpg"
+    os.mkfifo(fifo)
+    result = {}
+
+    def attempt():
+        try:
+            decode_image(fifo, 16)
+        except ImageDecodeError as exc:
+            result["error"] = str(exc)
+
+    worker = threading.Thread(target=attempt, daemon=True)
+    worker.start()
+    worker.join(5)
+    if worker.is_alive():  # unblock the hung open so the test process can exit
+        with open(fifo, "wb"):
+            pass
+        pytest.fail("decoding a FIFO blocked")
+    assert "not a regular file" in result["error"]
+    good = solid(tmp_path / "good.jpg", RED)
+    out = decode_many([good, fifo], 16, progress=False, cache=False)
+    assert out.kept.tolist() == [0] and "pipe.jpg" in out.failures[0]
+
+
+def test_a_folder_named_like_an_image_is_one_failure(tmp_path):
+    (tmp_path / "folder.jpg").mkdir()
+    with pytest.raises(ImageDecodeError, match="folder.jpg"):
+        decode_image(tmp_path / "folder.jpg", 16)
+
+
+# --- 11. the decoded-image cache repairs itself -----------------------------------------
+
+
+def _cache_entry(tmp_path) -> tuple[list[Path], Path]:
+    paths = [solid(tmp_path / f"{i}.png", (40 * i, 10, 10)) for i in range(3)]
+    decode_many(paths, 16, progress=False)
+    entries = [p for p in images_module.cache_dir().iterdir() if not p.name.startswith(".")]
+    key = images_module._cache_key(paths, 16, images_module.DEFAULT_MAX_PIXELS)
+    entry = images_module.cache_dir() / key
+    assert entry in entries
+    return paths, entry
+
+
+@pytest.mark.parametrize("damage", [
+    lambda e: (e / "images.npy").write_bytes(b""),
+    lambda e: (e / "meta.json").write_text("{not json"),
+    lambda e: (e / "meta.json").write_text("[]"),
+    lambda e: (e / "meta.json").write_text('{"failures": 3}'),
+    lambda e: np.save(e / "images.npy", np.zeros((3, 8, 8, 3), np.uint8)),
+    lambda e: np.save(e / "images.npy", np.zeros((2, 16, 16, 3), np.uint8)),
+    lambda e: np.save(e / "images.npy", np.zeros((3, 16, 16, 3), np.float32)),
+    lambda e: np.save(e / "kept.npy", np.array([0, 1, 7])),
+    lambda e: np.save(e / "images.npy", np.full((3, 16, 16, 3), 7, np.uint8)),  # bit rot
+    lambda e: (e / "kept.npy").unlink(),
+])
+def test_a_damaged_cache_entry_is_rebuilt_with_one_warning(tmp_path, caplog, damage):
+    paths, entry = _cache_entry(tmp_path)
+    truth = decode_many(paths, 16, progress=False, cache=False)
+    damage(entry)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="fashionnet"):
+        again = decode_many(paths, 16, progress=False)
+    assert again.images.tobytes() == truth.images.tobytes()
+    assert again.kept.tolist() == [0, 1, 2]
+    warnings = [r for r in caplog.records if "cache" in r.getMessage()]
+    assert len(warnings) == 1 and "rebuilding" in warnings[0].getMessage()
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="fashionnet"):
+        third = decode_many(paths, 16, progress=False)  # the rebuilt entry is good again
+    assert third.images.tobytes() == truth.images.tobytes() and not caplog.records
+
+
+def test_cache_files_are_fsynced_before_the_rename(tmp_path, monkeypatch):
+    synced = []
+    real = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: synced.append(fd) or real(fd))
+    solid(tmp_path / "a.png", RED)
+    decode_many([tmp_path / "a.png"], 16, progress=False)
+    assert len(synced) >= 4  # three files and their folder
+
+
+# --- 5 & 6. bundles are checked against their model; bad ones fail in one line ------------
+
+
+@pytest.fixture
+def bundle_copy(tiny_bundle, tmp_path) -> Path:
+    path = tmp_path / "run"
+    shutil.copytree(tiny_bundle.bundle.path, path)
+    (path / "model.onnx").unlink(missing_ok=True)
+    return path
+
+
+def edit_labels(path: Path, change) -> None:
+    doc = json.loads((path / "labels.json").read_text())
+    doc = change(doc)
+    (path / "labels.json").write_text(json.dumps(doc))
+
+
+@pytest.mark.parametrize("change,field", [
+    (lambda d: {**d, "temperatures": {"color": -1.0, "category": 1.0}}, "temperatures.color"),
+    (lambda d: {**d, "temperatures": {"color": 0.0}}, "temperatures.color"),
+    (lambda d: {**d, "temperatures": {"color": float("nan")}}, "temperatures.color"),
+    (lambda d: {**d, "temperatures": {"color": float("inf")}}, "temperatures.color"),
+    (lambda d: {**d, "temperatures": {"color": "hot"}}, "temperatures.color"),
+    (lambda d: {**d, "temperatures": {"size": 1.0}}, "temperatures.size"),
+    (lambda d: {**d, "temperatures": [1.0]}, "temperatures"),
+    (lambda d: {**d, "heads": d["heads"] + [d["heads"][0]],
+                "outputs": d["outputs"] + [d["outputs"][0]]}, "heads[2].name"),
+    (lambda d: {**d, "heads": []}, "heads"),
+    (lambda d: {**d, "heads": None}, "heads"),
+    (lambda d: {**d, "heads": "color"}, "heads"),
+    (lambda d: {**d, "heads": [3, 4]}, "heads[0]"),
+    (lambda d: {**d, "heads": [{**d["heads"][0], "name": 7}, d["heads"][1]]}, "heads[0].name"),
+    (lambda d: {**d, "heads": [{**d["heads"][0], "classes": "red"}, d["heads"][1]]},
+     "heads[0].classes"),
+    (lambda d: {**d, "heads": [{**d["heads"][0], "classes": []}, d["heads"][1]]},
+     "heads[0].classes"),
+    (lambda d: {**d, "heads": [{**d["heads"][0], "threshold": "high"}, d["heads"][1]]},
+     "heads[0].threshold"),
+    (lambda d: {**d, "heads": [{**d["heads"][0], "kind": "fuzzy"}, d["heads"][1]]}, "heads[0]"),
+    (lambda d: {**d, "preprocessing": None}, "preprocessing"),
+    (lambda d: {**d, "preprocessing": {**d["preprocessing"], "size": "big"}}, "preprocessing.size"),
+    (lambda d: {**d, "preprocessing": {**d["preprocessing"], "scale": -1}}, "preprocessing.scale"),
+    (lambda d: {**d, "format_version": "1"}, "format_version"),
+    (lambda d: [], "must be a JSON object"),
+    (lambda d: None, "must be a JSON object"),
+    (lambda d: "labels", "must be a JSON object"),
+])
+def test_malformed_labels_json_is_one_line_naming_the_field(bundle_copy, capsys, change, field):
+    edit_labels(bundle_copy, change)
+    with pytest.raises(FashionNetError, match="labels.json") as info:
+        load_bundle(bundle_copy)
+    assert field in str(info.value) and "\n" not in str(info.value)
+    solid(bundle_copy.parent / "a.jpg", RED)
+    code, out, err = run_cli(capsys, "classify", "--model", bundle_copy, bundle_copy.parent / "a.jpg")
+    assert code == 2 and one_line_error(err) and field in err and out == ""
+
+
+def test_a_negative_temperature_would_invert_predictions_and_is_refused(bundle_copy, tiny_bundle):
+    from fashionnet.metrics import apply_temperature
+
+    probs = np.array([[0.7, 0.2, 0.05, 0.05]], np.float32)
+    assert apply_temperature(probs, -1.0).argmax() != 0  # why it must never be loaded
+    edit_labels(bundle_copy, lambda d: {**d, "temperatures": {"color": -1.0}})
+    with pytest.raises(FashionNetError, match=r"'temperatures.color' must be a finite positive"):
+        load_bundle(bundle_copy)
+
+
+def test_a_class_count_that_differs_from_the_model_output_is_refused(bundle_copy):
+    from fashionnet import load
+
+    edit_labels(bundle_copy, lambda d: {**d, "heads": [
+        {**d["heads"][0], "classes": d["heads"][0]["classes"] + ["purple"]}, d["heads"][1]]})
+    with pytest.raises(FashionNetError, match=r"'heads\[0\]\.classes' lists 5 classes") as info:
+        load(bundle_copy, backend="keras")
+    assert "model.keras" in str(info.value) and "has 4 units" in str(info.value)
+
+
+def test_an_input_size_that_differs_from_the_model_is_refused(bundle_copy):
+    from fashionnet import load
+
+    edit_labels(bundle_copy, lambda d: {**d, "input_size": 64,
+                                        "preprocessing": {**d["preprocessing"], "size": 64}})
+    with pytest.raises(FashionNetError, match=r"'preprocessing.size' says 64x64x3"):
+        load(bundle_copy, backend="keras")
+
+
+def test_an_onnx_model_is_checked_against_labels_too(bundle_copy):
+    pytest.importorskip("tf2onnx")
+    from fashionnet import load
+    from fashionnet.runtime.export import export
+
+    export(bundle_copy)
+    edit_labels(bundle_copy, lambda d: {**d, "heads": [
+        d["heads"][0], {**d["heads"][1], "classes": d["heads"][1]["classes"][:3]}]})
+    with pytest.raises(FashionNetError, match=r"model.onnx: output 'category_output' has 4 units"):
+        load(bundle_copy, backend="onnx")
+
+
+def _rewrite_keras_config(path: Path, change) -> None:
+    model = path / "model.keras"
+    with zipfile.ZipFile(model) as z:
+        members = {name: z.read(name) for name in z.namelist()}
+    config = json.loads(members["config.json"])
+    members["config.json"] = json.dumps(change(config)).encode()
+    with zipfile.ZipFile(model, "w") as z:
+        for name, data in members.items():
+            z.writestr(name, data)
+
+
+def test_a_forbidden_object_in_model_keras_is_refused_in_one_line(bundle_copy, tmp_path, capsys):
+    marker = tmp_path / "pwned"
+
+    def inject(config):
+        layer = config["config"]["layers"][1]
+        layer["module"], layer["class_name"] = "subprocess", "Popen"
+        layer["registered_name"] = None
+        layer["config"] = {"args": ["touch", str(marker)]}
+        return config
+
+    _rewrite_keras_config(bundle_copy, inject)
+    solid(tmp_path / "a.jpg", RED)
+    code, _, err = run_cli(capsys, "classify", "--model", bundle_copy, tmp_path / "a.jpg",
+                           "--backend", "keras")
+    assert code == 2 and one_line_error(err) and "model.keras" in err
+    assert not marker.exists()
+
+
+def test_a_lambda_layer_is_refused_by_safe_mode_in_one_line(bundle_copy, tmp_path, capsys):
+    import keras
+
+    inputs = keras.Input((32, 32, 3), name="image")
+    x = keras.layers.Lambda(lambda t: t * 2.0)(inputs)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    outputs = [keras.layers.Dense(4, activation="softmax", name="color_output")(x),
+               keras.layers.Dense(4, activation="softmax", name="category_output")(x)]
+    keras.Model(inputs, outputs).save(bundle_copy / "model.keras")
+    solid(tmp_path / "a.jpg", RED)
+    code, _, err = run_cli(capsys, "classify", "--model", bundle_copy, tmp_path / "a.jpg",
+                           "--backend", "keras")
+    assert code == 2 and one_line_error(err) and "Lambda" in err and "model.keras" in err
+
+
+@pytest.mark.parametrize("payload", [b"", b"not a zip", b"PK\x03\x04broken"])
+def test_a_garbage_model_keras_is_one_line(bundle_copy, tmp_path, capsys, payload):
+    (bundle_copy / "model.keras").write_bytes(payload)
+    solid(tmp_path / "a.jpg", RED)
+    code, _, err = run_cli(capsys, "classify", "--model", bundle_copy, tmp_path / "a.jpg",
+                           "--backend", "keras")
+    assert code == 2 and one_line_error(err) and "model.keras" in err
+
+
+def test_a_model_answering_nan_gives_errors_not_numbers(bundle_copy, tmp_path, capsys, monkeypatch):
+    from fashionnet.runtime import runners
+
+    real_call = runners.KerasRunner.__call__
+    monkeypatch.setattr(runners.KerasRunner, "__call__",
+                        lambda self, batch: [np.full_like(o, np.nan) for o in real_call(self, batch)])
+    solid(tmp_path / "a.jpg", RED)
+    code, out, err = run_cli(capsys, "classify", "--model", bundle_copy, tmp_path / "a.jpg",
+                             "--json", "--backend", "keras")
+    def invalid(constant):
+        raise AssertionError(f"--json printed {constant}, which is not JSON")
+
+    results = json.loads(out, parse_constant=invalid)
+    assert "error" in results[0] and "NaN" in results[0]["error"] and code == 1
+
+
+# --- 12. overwrite keeps the old bundle until the new one is in place ---------------------
+
+
+class Killed(BaseException):
+    """Stands for SIGKILL: no except clause of ours catches it, no cleanup runs."""
+
+
+def test_a_crash_between_the_renames_of_an_overwrite_loses_nothing(tmp_path, monkeypatch):
+    target = tmp_path / "run"
+    target.mkdir()
+    (target / "labels.json").write_text("old")
+    real_rename = Path.rename
+
+    def rename(self, other):
+        if ".tmp-" in self.name:  # the second rename: new bundle in
+            raise Killed
+        return real_rename(self, other)
+
+    monkeypatch.setattr(Path, "rename", rename)
+    # a hard kill runs no cleanup: replay one by refusing the roll-back too
+    monkeypatch.setattr(shutil, "rmtree", lambda *a, **k: None)
+    with pytest.raises(Killed), atomic_directory(target, overwrite=True) as tmp:
+        (tmp / "labels.json").write_text("new")
+    monkeypatch.undo()
+    # What a SIGKILL at that instant leaves: old set aside, new not in. Fake a dead PID.
+    aside = next(tmp_path.glob(".run.old-*"), None)
+    if target.exists():  # our roll-back put it back already
+        assert (target / "labels.json").read_text() == "old"
+        return
+    assert aside is not None
+    dead = tmp_path / ".run.old-999999999"
+    aside.rename(dead)
+    recover(target)
+    assert (target / "labels.json").read_text() == "old"
+    assert not dead.exists()
+
+
+def test_a_killed_overwrite_is_recovered_by_the_next_run_or_load(tmp_path, tiny_bundle):
+    target = tmp_path / "run"
+    # The state a SIGKILL between the two renames leaves behind (dead PIDs):
+    shutil.copytree(tiny_bundle.bundle.path, tmp_path / ".run.old-999999998")
+    (tmp_path / ".run.tmp-999999998").mkdir()
+    (tmp_path / ".run.tmp-999999998" / "model.keras").write_bytes(b"x" * 1000)
+    bundle = load_bundle(target)  # classify / serve / evaluate recover it
+    assert bundle.path == target and (target / "labels.json").is_file()
+    assert not (tmp_path / ".run.old-999999998").exists()
+    assert not (tmp_path / ".run.tmp-999999998").exists()
+
+
+def test_rollback_when_the_new_bundle_cannot_be_moved_in(tmp_path, monkeypatch):
+    target = tmp_path / "run"
+    target.mkdir()
+    (target / "labels.json").write_text("old")
+    real_rename = Path.rename
+
+    def rename(self, other):
+        if ".tmp-" in self.name:
+            raise OSError("disk trouble")
+        return real_rename(self, other)
+
+    monkeypatch.setattr(Path, "rename", rename)
+    with pytest.raises(OSError), atomic_directory(target, overwrite=True) as tmp:
+        (tmp / "labels.json").write_text("new")
+    monkeypatch.undo()
+    assert (target / "labels.json").read_text() == "old"
+    assert list(tmp_path.iterdir()) == [target]
+
+
+def test_temp_leftovers_of_dead_runs_are_cleaned(tmp_path):
+    target = tmp_path / "run"
+    target.mkdir()
+    (target / "labels.json").write_text("{}")
+    (target / ".model.onnx.tmp-999999997").write_bytes(b"x" * 100)
+    (target / ".model.raw.tmp-999999997.onnx").write_bytes(b"x")
+    (target / f".model.onnx.tmp-{os.getppid()}").write_bytes(b"alive")  # a live writer's
+    (tmp_path / ".run.tmp-999999997").mkdir()
+    (tmp_path / ".run.old-999999997").mkdir()
+    update_bundle_file(target, "model.onnx", lambda p: p.write_bytes(b"onnx"))
+    assert sorted(p.name for p in target.iterdir()) == sorted(
+        ["labels.json", "model.onnx", f".model.onnx.tmp-{os.getppid()}"])
+    with atomic_directory(target, overwrite=True) as tmp:
+        (tmp / "labels.json").write_text("{}")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
