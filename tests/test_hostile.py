@@ -497,3 +497,217 @@ def test_temp_leftovers_of_dead_runs_are_cleaned(tmp_path):
     with atomic_directory(target, overwrite=True) as tmp:
         (tmp / "labels.json").write_text("{}")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
+
+
+# --- 7. a Keras without the known safe-mode bypasses ---------------------------------------
+
+
+def _version(text: str) -> tuple[int, ...]:
+    return tuple(int(p) for p in text.split(".")[:3] if p.isdigit())
+
+
+def test_the_keras_floor_excludes_the_known_safe_mode_bypasses():
+    import re
+
+    import keras
+    import tomllib
+
+    project = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())
+    spec = next(d for d in project["project"]["optional-dependencies"]["train"]
+                if d.startswith("keras"))
+    floor = _version(re.search(r">=\s*([\d.]+)", spec).group(1))
+    # CVE-2025-1550: fixed in 3.9.0; CVE-2025-8747 and CVE-2025-9906: 3.11.0;
+    # CVE-2025-49655 (TorchModuleWrapper): 3.11.3.
+    assert floor >= (3, 11, 3), spec
+    assert _version(keras.__version__) >= floor
+
+
+# --- 9. CSV manifests parsed as CSV, with real line numbers ---------------------------------
+
+
+def _images(folder: Path, *names: str) -> None:
+    for name in names:
+        solid(folder / name, RED)
+
+
+def test_a_quoted_newline_stays_inside_its_cell(tmp_path):
+    from fashionnet.data.sources import read_manifest
+
+    _images(tmp_path, "a.jpg", "b.jpg")
+    (tmp_path / "m.csv").write_text('path,color,note\na.jpg,red,"two\nlines"\nb.jpg,blue,x\n')
+    records, names = read_manifest(tmp_path / "m.csv", heads=["color"])
+    assert [r.path.name for r in records] == ["a.jpg", "b.jpg"]
+    assert [r.labels["color"] for r in records] == ["red", "blue"]
+
+
+@pytest.mark.parametrize("char", ["\f", "\v", "\u2028", "\u2029", "\x1c", "\x85"])
+def test_form_feeds_and_unicode_line_separators_do_not_split_rows(tmp_path, char):
+    from fashionnet.data.sources import read_manifest
+
+    _images(tmp_path, "a.jpg", "b.jpg")
+    (tmp_path / "m.csv").write_text(f"path,color\na.jpg,red{char}dish\nb.jpg,blue\n",
+                                    encoding="utf-8")
+    records, _ = read_manifest(tmp_path / "m.csv")
+    assert len(records) == 2 and records[0].labels["color"] == f"red{char}dish"
+    assert records[1].labels["color"] == "blue"
+
+
+def test_csv_errors_name_the_real_line(tmp_path):
+    from fashionnet.data.sources import read_manifest
+
+    _images(tmp_path, "a.jpg")
+    (tmp_path / "m.csv").write_text('path,color\na.jpg,"multi\nline\nred"\n\n,blue\n')
+    with pytest.raises(FashionNetError, match=r"m\.csv: line 6 has an empty 'path'"):
+        read_manifest(tmp_path / "m.csv")
+    (tmp_path / "m.csv").write_text('path,color\na.jpg,red\na.jpg,red,extra\n')
+    with pytest.raises(FashionNetError, match=r"line 3 has 3 cells but the header has 2"):
+        read_manifest(tmp_path / "m.csv")
+    (tmp_path / "m.csv").write_text('path,color\na.jpg\n')
+    with pytest.raises(FashionNetError, match=r"line 2 has 1 cells but the header has 2"):
+        read_manifest(tmp_path / "m.csv")
+    (tmp_path / "m.csv").write_text('path,color,color\na.jpg,red,blue\n')
+    with pytest.raises(FashionNetError, match=r"line 1: the header repeats"):
+        read_manifest(tmp_path / "m.csv")
+    (tmp_path / "m.csv").write_text('path,color\na.jpg,red\na.jpg,"red"dish\n')
+    with pytest.raises(FashionNetError, match=r"m\.csv: line 3: malformed CSV"):
+        read_manifest(tmp_path / "m.csv")
+
+
+def test_jsonl_and_json_errors_name_the_real_line(tmp_path):
+    from fashionnet.data.sources import read_manifest
+
+    (tmp_path / "m.jsonl").write_text('{"path": "a.jpg", "color": "red"}\n\n{"path": "b.jpg",\n')
+    with pytest.raises(FashionNetError, match=r"m\.jsonl: line 3: invalid JSON"):
+        read_manifest(tmp_path / "m.jsonl")
+    (tmp_path / "m.jsonl").write_text('{"path": "a.jpg", "color": "red"}\n["b.jpg", "blue"]\n')
+    with pytest.raises(FashionNetError, match=r"line 2: expected an object, not list"):
+        read_manifest(tmp_path / "m.jsonl")
+    (tmp_path / "m.jsonl").write_text('{"path": "a.jpg", "color": "red"}\n'
+                                      '{"path": "b.jpg", "color": {"r": 1}}\n')
+    with pytest.raises(FashionNetError, match=r"line 2: 'color' must be a label or a list"):
+        read_manifest(tmp_path / "m.jsonl")
+    rows = '[\n  {"path": "a.jpg", "color": "red"},\n  {"path": "", "color": "blue"}\n]'
+    (tmp_path / "m.json").write_text(rows)
+    with pytest.raises(FashionNetError, match=r"m\.json: line 3 has an empty 'path'"):
+        read_manifest(tmp_path / "m.json")
+    (tmp_path / "m.json").write_text('[\n{"path": "a.jpg",\n "color": red}]')
+    with pytest.raises(FashionNetError, match=r"invalid JSON \(.*line 3"):
+        read_manifest(tmp_path / "m.json")
+
+
+# --- 10. manifest paths stay in the manifest's folder ---------------------------------------
+
+
+@pytest.mark.parametrize("image", ["../secret.jpg", "img/../../secret.jpg", "/etc/passwd",
+                                   "..", "img/./../../x.jpg"])
+def test_paths_leaving_the_manifest_folder_are_refused_naming_the_row(tmp_path, image):
+    from fashionnet.data.sources import read_dataset
+
+    data = tmp_path / "data"
+    _images(data, "a.jpg")
+    (data / "m.csv").write_text(f"path,color\na.jpg,red\n{image},blue\n")
+    with pytest.raises(FashionNetError, match=r"m\.csv: line 3: path .* leaves the manifest's "
+                                              r"folder; pass --allow-outside"):
+        read_dataset(data / "m.csv")
+    records, _ = read_dataset(data / "m.csv", allow_outside=True)
+    assert len(records) == 2
+
+
+def test_paths_inside_the_folder_still_work(tmp_path):
+    from fashionnet.data.sources import read_dataset
+
+    _images(tmp_path / "data", "img/a.jpg")
+    (tmp_path / "data" / "m.csv").write_text("path,color\nimg/./a.jpg,red\nimg/x/../a.jpg,blue\n")
+    records, _ = read_dataset(tmp_path / "data" / "m.csv")
+    assert {r.path for r in records} == {(tmp_path / "data" / "img" / "a.jpg").resolve()}
+
+
+def test_train_allow_outside_flag(tmp_path, capsys, monkeypatch):
+    from fashionnet.data import sources
+
+    monkeypatch.setattr(sources, "ALLOW_OUTSIDE", False)
+    for i in range(4):
+        solid(tmp_path / "shared" / f"r{i}.jpg", RED)
+        solid(tmp_path / "shared" / f"b{i}.jpg", (20, 20, 220))
+    rows = "".join(f"../shared/r{i}.jpg,red,dress\n../shared/b{i}.jpg,blue,shirt\n"
+                   for i in range(4))
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "m.csv").write_text("path,color,category\n" + rows)
+    args = ["train", "--dataset", tmp_path / "data" / "m.csv", "--epochs", "1",
+            "--input-size", "32", "--no-cache", "--no-dedupe", "--quiet", "--split", "recipe"]
+    code, _, err = run_cli(capsys, *args, "--output", tmp_path / "run")
+    assert code == 2 and one_line_error(err) and "line 2" in err and "--allow-outside" in err
+    code, _, err = run_cli(capsys, *args, "--output", tmp_path / "run", "--allow-outside")
+    assert code == 0, err
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs on this platform")
+def test_a_fifo_in_a_manifest_is_one_skipped_file_not_a_hang(tmp_path):
+    import threading
+
+    from fashionnet.data.sources import read_manifest
+
+    _images(tmp_path, "a.jpg")
+    os.mkfifo(tmp_path / "pipe.jpg")
+    (tmp_path / "m.csv").write_text("path,color\na.jpg,red\npipe.jpg,blue\n")
+    records, _ = read_manifest(tmp_path / "m.csv")
+    result = {}
+    worker = threading.Thread(target=lambda: result.setdefault("out", decode_many(
+        [r.path for r in records], 16, progress=False, cache=False)), daemon=True)
+    worker.start()
+    worker.join(10)
+    if worker.is_alive():
+        with open(tmp_path / "pipe.jpg", "wb"):
+            pass
+        pytest.fail("a FIFO in the manifest hung decoding")
+    assert result["out"].kept.tolist() == [0]
+    assert "not a regular file" in result["out"].failures[0]
+
+
+# --- 13. smaller: TOML escaping, tiny datasets, strict JSON ----------------------------------
+
+
+@pytest.mark.parametrize("folder_name", ['we"ird', "back\\slash", "new\nline", "tab\there",
+                                         'x"\nholdout = ["pwned"]\n#'])
+def test_init_config_escapes_the_dataset_path(tmp_path, capsys, folder_name):
+    from fashionnet.config import TrainConfig
+
+    data = tmp_path / folder_name
+    for combo in ("red_dress", "blue_shirt"):
+        solid(data / combo / "a.jpg", RED)
+    code, out, err = run_cli(capsys, "init-config", "--dataset", data, "--output",
+                             tmp_path / "f.toml")
+    assert code == 0, err
+    config = TrainConfig.from_toml(tmp_path / "f.toml")
+    assert config.dataset == str(data) and config.holdout == []
+
+
+def test_init_config_keeps_odd_labels_inside_their_comment(tmp_path, capsys):
+    from fashionnet.config import TrainConfig
+
+    solid(tmp_path / "a.jpg", RED)
+    (tmp_path / "m.csv").write_text('path,color\na.jpg,"red\nepochs = 1"\na.jpg,blue\n')
+    code, _, err = run_cli(capsys, "init-config", "--dataset", tmp_path / "m.csv", "--output",
+                           tmp_path / "f.toml")
+    assert code == 0, err
+    assert TrainConfig.from_toml(tmp_path / "f.toml").epochs == TrainConfig().epochs
+
+
+def test_a_tiny_dataset_warns_that_it_has_no_validation_or_test_split(caplog):
+    from fashionnet.data.sources import Record
+    from fashionnet.data.splits import split_records
+    from fashionnet.heads import HeadSpec
+
+    heads = [HeadSpec("color", ["blue", "red"], branch="color")]
+    records = [Record(Path(f"{i}.jpg"), {"color": c}) for i, c in enumerate(["red", "blue"])]
+    with caplog.at_level(logging.WARNING, logger="fashionnet"):
+        split = split_records(records, heads)
+    assert len(split.val) == 0 and len(split.test) == 0
+    messages = [r.getMessage() for r in caplog.records]
+    assert len(messages) == 1
+    assert "only 2 image(s)" in messages[0] and "test and validation split is empty" in messages[0]
+    caplog.clear()
+    many = [Record(Path(f"{i}.jpg"), {"color": ["red", "blue"][i % 2]}) for i in range(40)]
+    with caplog.at_level(logging.WARNING, logger="fashionnet"):
+        split_records(many, heads)
+    assert not caplog.records

@@ -70,7 +70,20 @@ def _config_from_args(args) -> TrainConfig:
         except ValueError:
             raise FashionNetError(f"--loss-weight {item!r}: {weight!r} is not a number") from None
     overrides["heads"] = heads
+    if getattr(args, "allow_outside", False):
+        _allow_outside(config, overrides)
     return config.with_overrides(**overrides)
+
+
+def _allow_outside(config, overrides: dict) -> None:
+    """--allow-outside: manifest paths may leave the manifest's folder."""
+    import dataclasses
+
+    from fashionnet.data import sources
+
+    if "allow_outside" in {f.name for f in dataclasses.fields(config)}:
+        overrides["allow_outside"] = True
+    sources.ALLOW_OUTSIDE = True  # read_dataset's default, whoever calls it in this process
 
 
 def _add_train_options(p: argparse.ArgumentParser) -> None:
@@ -111,6 +124,8 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--strict", action="store_true", help="fail on the first unreadable image")
     p.add_argument("--no-cache", action="store_true", help="do not cache decoded images")
     p.add_argument("--no-dedupe", action="store_true", help="skip near-duplicate grouping")
+    p.add_argument("--allow-outside", action="store_true",
+                   help="let manifest paths leave the manifest's folder (../, absolute paths)")
 
 
 def cmd_train(args) -> int:

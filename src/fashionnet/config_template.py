@@ -18,7 +18,7 @@ def render_config(dataset: str | Path, heads: str | None = None, multi: str | No
     lines = [
         "# FashionNet training config: `fashionnet train --config THIS_FILE --output RUN_DIR`.",
         "# Command-line flags override these values. Defaults reproduce the Keras recipe.",
-        f'dataset = "{dataset}"',
+        f"dataset = {toml_string(str(dataset))}",
         f"input_size = {d.input_size}        # images are resized to input_size x input_size",
         f"epochs = {d.epochs}",
         f"batch_size = {d.batch_size}",
@@ -46,7 +46,7 @@ def render_config(dataset: str | Path, heads: str | None = None, multi: str | No
                 missing += 1
             else:
                 counts.update(label if isinstance(label, frozenset) else [label])
-        summary = ", ".join(f"{c} ({n})" for c, n in sorted(counts.items()))
+        summary = ", ".join(f"{_comment_safe(c)} ({n})" for c, n in sorted(counts.items()))
         lines += ["", f"# {name}: {summary}" + (f"; {missing} unlabelled" if missing else ""),
                   "[[heads]]", f'name = "{name}"',
                   f'kind = "{"multi" if name in multi_heads else "single"}"',
@@ -55,6 +55,31 @@ def render_config(dataset: str | Path, heads: str | None = None, multi: str | No
         if name in multi_heads:
             lines.append("threshold = 0.5")
     return "\n".join(lines) + "\n"
+
+
+def toml_string(text: str) -> str:
+    """A TOML basic string: quotes, backslashes and control characters escaped."""
+    out = []
+    for ch in text:
+        if ch in ('"', "\\"):
+            out.append("\\" + ch)
+        elif ch in _SHORT_ESCAPES:
+            out.append(_SHORT_ESCAPES[ch])
+        elif ord(ch) < 0x20 or ord(ch) == 0x7F:
+            out.append(f"\\u{ord(ch):04X}")
+        else:
+            out.append(ch)
+    return '"' + "".join(out) + '"'
+
+
+_SHORT_ESCAPES = {"\b": "\\b", "\t": "\\t", "\n": "\\n", "\f": "\\f", "\r": "\\r"}
+
+
+def _comment_safe(text: str) -> str:
+    """A label inside a # comment: line breaks and other controls shown escaped, not obeyed."""
+    if all(ch.isprintable() for ch in text):
+        return text
+    return toml_string(text)
 
 
 def write_config(dataset: str | Path, output: str | Path, heads: str | None = None,

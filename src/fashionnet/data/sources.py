@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -17,6 +18,8 @@ from fashionnet.heads import Label
 
 DEFAULT_HEADS = ("color", "category")
 MANIFEST_SUFFIXES = (".csv", ".json", ".jsonl")
+#: Default for `read_dataset`'s ``allow_outside`` (set by ``--allow-outside``).
+ALLOW_OUTSIDE = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,11 +57,14 @@ def read_folders(root: str | Path, heads: Sequence[str] = DEFAULT_HEADS,
 
 def read_manifest(path: str | Path, heads: Sequence[str] | None = None,
                   multi_heads: Sequence[str] = (), path_column: str = "path",
-                  multi_separator: str = "|") -> tuple[list[Record], list[str]]:
+                  multi_separator: str = "|", *, allow_outside: bool = False
+                  ) -> tuple[list[Record], list[str]]:
     """Rows of (image path relative to the manifest, one column per head).
 
     An empty cell or JSON null is an unknown label. Cells of multi-label heads are split on
     ``multi_separator`` (or given as JSON lists). Returns the records and the head names.
+    Image paths must stay inside the manifest's folder (no ``..``, no absolute path) unless
+    ``allow_outside``. Errors name the manifest and the line the row starts on.
     """
     path = Path(path)
     if not path.is_file():
@@ -66,45 +72,131 @@ def read_manifest(path: str | Path, heads: Sequence[str] | None = None,
     rows = _read_rows(path)
     if not rows:
         raise FashionNetError(f"{path}: manifest has no rows")
-    columns = list(rows[0].keys())
+    columns = list(rows[0][1].keys())
     if path_column not in columns:
-        raise FashionNetError(f"{path}: no {path_column!r} column (columns: {', '.join(columns)})")
+        raise FashionNetError(f"{path}: no {path_column!r} column (columns: {', '.join(map(str, columns))})")
     names = list(heads) if heads else [c for c in columns if c != path_column]
     if not names:
         raise FashionNetError(f"{path}: no label columns besides {path_column!r}")
+    folder = path.parent
     records = []
-    for line, row in enumerate(rows, start=2 if path.suffix == ".csv" else 1):
+    for line, row in rows:
+        where = f"{path}: line {line}"
         image = row.get(path_column)
-        if not image:
-            raise FashionNetError(f"{path}: row {line} has an empty {path_column!r}")
+        if image is None or (isinstance(image, str) and not image.strip()):
+            raise FashionNetError(f"{where} has an empty {path_column!r}")
+        if not isinstance(image, str):
+            raise FashionNetError(f"{where}: {path_column!r} must be a string, not "
+                                  f"{type(image).__name__}")
+        if not allow_outside and _leaves(image):
+            raise FashionNetError(f"{where}: path {image!r} leaves the manifest's folder; pass "
+                                  f"--allow-outside to read images outside {folder}")
         labels: dict[str, Label] = {}
         for name in names:
             if name not in row:
-                raise FashionNetError(f"{path}: row {line} has no column {name!r}")
-            labels[name] = _parse_label(row[name], name in multi_heads, multi_separator)
-        records.append(Record((path.parent / str(image)).resolve(), labels))
+                raise FashionNetError(f"{where} has no column {name!r}")
+            value = row[name]
+            if value is not None and not isinstance(value, (str, int, float, list)):
+                raise FashionNetError(f"{where}: {name!r} must be a label or a list, not "
+                                      f"{type(value).__name__}")
+            labels[name] = _parse_label(value, name in multi_heads, multi_separator)
+        records.append(Record((folder / image).resolve(), labels))
     return records, names
 
 
-def _read_rows(path: Path) -> list[dict]:
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise FashionNetError(f"{path}: cannot read manifest ({exc})") from None
+def _leaves(image: str) -> bool:
+    """Whether a manifest path points outside the manifest's folder (lexically)."""
+    if os.path.isabs(image) or Path(image).drive or image.startswith(("/", "\\")):
+        return True
+    normal = os.path.normpath(image.replace("\\", "/"))
+    return normal == ".." or normal.startswith("../") or normal.startswith("..\\")
+
+
+def _read_rows(path: Path) -> list[tuple[int, dict]]:
+    """(line the row starts on, row) for each row of a CSV, JSON or JSONL manifest.
+
+    CSV goes through the csv module on the file itself (``newline=""``): a quoted cell may
+    hold a newline, and a form feed or U+2028 inside a cell is only a character, as in any
+    spreadsheet; ``str.splitlines`` would have split the row there.
+    """
     suffix = path.suffix.lower()
+    if suffix not in MANIFEST_SUFFIXES:
+        raise FashionNetError(f"{path}: manifest must end in {', '.join(MANIFEST_SUFFIXES)}")
     try:
         if suffix == ".csv":
-            return list(csv.DictReader(text.splitlines()))
-        if suffix == ".jsonl":
-            rows = [json.loads(line) for line in text.splitlines() if line.strip()]
-        elif suffix == ".json":
-            rows = json.loads(text)
-        else:
-            raise FashionNetError(f"{path}: manifest must end in {', '.join(MANIFEST_SUFFIXES)}")
-    except json.JSONDecodeError as exc:
-        raise FashionNetError(f"{path}: invalid JSON ({exc})") from None
-    if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
-        raise FashionNetError(f"{path}: expected a list of objects, one per image")
+            return _read_csv(path)
+        with path.open(encoding="utf-8-sig", newline="") as f:
+            text = f.read()
+    except UnicodeDecodeError as exc:
+        raise FashionNetError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    except OSError as exc:
+        raise FashionNetError(f"{path}: cannot read manifest ({exc.strerror or exc})") from None
+    if suffix == ".jsonl":
+        rows = []
+        for number, line in enumerate(text.split("\n"), start=1):
+            if not line.strip():
+                continue
+            try:
+                rows.append((number, json.loads(line)))
+            except json.JSONDecodeError as exc:
+                raise FashionNetError(f"{path}: line {number}: invalid JSON ({exc.msg}, column "
+                                      f"{exc.colno})") from None
+    else:
+        try:
+            doc = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise FashionNetError(f"{path}: invalid JSON ({exc.msg}, line {exc.lineno} column "
+                                  f"{exc.colno})") from None
+        if not isinstance(doc, list):
+            raise FashionNetError(f"{path}: expected a list of objects, one per image")
+        rows = list(zip(_json_lines(text, len(doc)), doc))
+    for number, row in rows:
+        if not isinstance(row, dict):
+            raise FashionNetError(f"{path}: line {number}: expected an object, not "
+                                  f"{type(row).__name__}")
+    return rows
+
+
+def _json_lines(text: str, count: int) -> list[int]:
+    """The line each element of a top-level JSON list starts on (for messages), in one pass."""
+    decoder = json.JSONDecoder()
+    position, newlines, lines = text.index("[") + 1, 0, []
+    counted = 0
+    for _ in range(count):
+        while text[position] in " \t\r\n,":
+            position += 1
+        newlines += text.count("\n", counted, position)
+        counted = position
+        lines.append(newlines + 1)
+        _, position = decoder.raw_decode(text, position)
+    return lines
+
+
+def _read_csv(path: Path) -> list[tuple[int, dict]]:
+    """Rows as dicts; a row with more or fewer cells than the header is an error."""
+    rows: list[tuple[int, dict]] = []
+    header: list[str] | None = None
+    with path.open(encoding="utf-8-sig", newline="") as f:
+        reader = csv.reader(f, strict=True)
+        start = 1
+        try:
+            for cells in reader:
+                line, start = start, reader.line_num + 1
+                if not any(c.strip() for c in cells):
+                    continue  # blank line, or a row of empty cells
+                if header is None:
+                    header = [c.strip() for c in cells]
+                    repeated = sorted({c for c in header if header.count(c) > 1})
+                    if repeated:
+                        raise FashionNetError(f"{path}: line {line}: the header repeats "
+                                              f"column(s) {repeated}")
+                    continue
+                if len(cells) != len(header):
+                    raise FashionNetError(f"{path}: line {line} has {len(cells)} cells but the "
+                                          f"header has {len(header)} columns")
+                rows.append((line, dict(zip(header, cells))))
+        except csv.Error as exc:
+            raise FashionNetError(f"{path}: line {reader.line_num}: malformed CSV ({exc})") from None
     return rows
 
 
@@ -124,15 +216,22 @@ def _parse_label(value, multi: bool, separator: str) -> Label:
 
 def read_dataset(source: str | Path, heads: Sequence[str] | None = None,
                  multi_heads: Sequence[str] = (), separator: str = "_",
-                 multi_separator: str = "|", path_column: str = "path"
-                 ) -> tuple[list[Record], list[str]]:
-    """A folder or a manifest file, whichever ``source`` is. Returns records and head names."""
+                 multi_separator: str = "|", path_column: str = "path", *,
+                 allow_outside: bool | None = None) -> tuple[list[Record], list[str]]:
+    """A folder or a manifest file, whichever ``source`` is. Returns records and head names.
+
+    ``allow_outside``: let manifest paths leave the manifest's folder (None: the process-wide
+    default `ALLOW_OUTSIDE`, which the ``--allow-outside`` flag sets).
+    """
+    if allow_outside is None:
+        allow_outside = ALLOW_OUTSIDE
     source = Path(source)
     if source.is_dir():
         names = list(heads) if heads else list(DEFAULT_HEADS)
         return read_folders(source, names, separator), names
     if source.suffix.lower() in MANIFEST_SUFFIXES:
-        return read_manifest(source, heads, multi_heads, path_column, multi_separator)
+        return read_manifest(source, heads, multi_heads, path_column, multi_separator,
+                             allow_outside=allow_outside)
     if not source.exists():
         raise FashionNetError(f"{source}: dataset not found (expected a folder or a manifest)")
     raise FashionNetError(f"{source}: not a folder nor a {'/'.join(MANIFEST_SUFFIXES)} manifest")

@@ -8,6 +8,7 @@ Held-out combinations go to the test split only: the model never sees them toget
 from __future__ import annotations
 
 import dataclasses
+import logging
 from collections import defaultdict
 from collections.abc import Sequence
 
@@ -15,6 +16,8 @@ import numpy as np
 
 from fashionnet.errors import FashionNetError
 from fashionnet.heads import HeadSpec, combination
+
+log = logging.getLogger("fashionnet")
 
 SPLIT_MODES = ("standard", "recipe")
 
@@ -110,6 +113,24 @@ def check_holdout(records: Sequence, heads: Sequence[HeadSpec],
                 f"training example; the model could never learn it")
 
 
+def _warn_if_too_small(n: int, mode: str, n_val: int, n_test: int, val_fraction: float,
+                       test_fraction: float) -> None:
+    """One warning when a split that should hold images came out empty (a tiny dataset)."""
+    empty = []
+    if n_test == 0 and test_fraction > 0:
+        empty.append("test")
+    if mode == "standard" and n_val == 0 and val_fraction > 0:
+        empty.append("validation")
+    if empty:
+        log.warning(
+            "only %d image(s): the %s split is empty, so %s; add images (a few per "
+            "combination) for honest figures", n, " and ".join(empty),
+            "no accuracy is measured on unseen images and no best epoch or calibration is "
+            "chosen" if len(empty) == 2 else
+            "no accuracy is measured on unseen images" if empty == ["test"] else
+            "no best epoch or calibration is chosen")
+
+
 def split_records(records: Sequence, heads: Sequence[HeadSpec], *, mode: str = "standard",
                   val_fraction: float = 0.1, test_fraction: float = 0.2, seed: int = 42,
                   groups: np.ndarray | None = None, holdout: Sequence[str] = ()) -> Split:
@@ -152,5 +173,6 @@ def split_records(records: Sequence, heads: Sequence[HeadSpec], *, mode: str = "
         val_a = test_a
     if len(train_a) == 0:
         raise FashionNetError("the training split is empty: the dataset is too small")
+    _warn_if_too_small(len(records), mode, len(val_a), len(test_a), val_fraction, test_fraction)
     n_groups = int((np.bincount(np.unique(groups, return_inverse=True)[1]) > 1).sum())
     return Split(train_a, val_a, test_a, mode, n_groups)
