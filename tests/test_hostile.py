@@ -711,3 +711,311 @@ def test_a_tiny_dataset_warns_that_it_has_no_validation_or_test_split(caplog):
     with caplog.at_level(logging.WARNING, logger="fashionnet"):
         split_records(many, heads)
     assert not caplog.records
+
+
+# --- Server: 1, 2, 4 and the start-up check of 5 --------------------------------------------
+
+server_only = pytest.mark.skipif(
+    __import__("importlib").util.find_spec("fastapi") is None, reason="needs fashionnet[serve]")
+
+
+def jpeg_bytes(color=RED, size=(64, 64)) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", size, color).save(buf, "JPEG")
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="module")
+def predictor(tiny_bundle):
+    from fashionnet import load
+
+    return load(tiny_bundle.bundle.path, backend="keras")
+
+
+def make_app(predictor, **options):
+    from fashionnet.server.app import create_app
+
+    options = {"max_bytes": 200_000, "max_batch": 4, **options}
+    return create_app(predictor, **options)
+
+
+async def asgi(app, path, chunks, headers, *, disconnect=False):
+    """Drive the ASGI app by hand: ``chunks`` is an iterator of body chunks, consumed lazily.
+
+    Returns (status, headers, body, bytes the app pulled from the client).
+    """
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1",
+             "method": "POST", "scheme": "http", "path": path, "raw_path": path.encode(),
+             "query_string": b"", "root_path": "", "client": ("127.0.0.1", 5000),
+             "server": ("127.0.0.1", 8000),
+             "headers": [(k.lower().encode(), v.encode()) for k, v in headers.items()]}
+    pulled = 0
+    iterator = iter(chunks)
+    done = False
+    sent = []
+
+    async def receive():
+        nonlocal pulled, done
+        if done:
+            await __import__("asyncio").sleep(3600)
+        try:
+            chunk = next(iterator)
+        except StopIteration:
+            done = True
+            if disconnect:
+                return {"type": "http.disconnect"}
+            return {"type": "http.request", "body": b"", "more_body": False}
+        if chunk is None:  # a client gone silent
+            await __import__("asyncio").sleep(3600)
+        pulled += len(chunk)
+        return {"type": "http.request", "body": chunk, "more_body": True}
+
+    async def send(message):
+        sent.append(message)
+
+    await app(scope, receive, send)
+    start = next(m for m in sent if m["type"] == "http.response.start")
+    body = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
+    return start["status"], dict((k.decode(), v.decode()) for k, v in start["headers"]), body, pulled
+
+
+def multipart_stream(parts: list[tuple[str, str, int]], boundary: str = "XyZ",
+                     chunk: int = 65536):
+    """Lazily yield a multipart body of (field, filename, size) parts of filler bytes."""
+    for field, filename, size in parts:
+        yield (f"--{boundary}\r\nContent-Disposition: form-data; name=\"{field}\"; "
+               f"filename=\"{filename}\"\r\nContent-Type: image/jpeg\r\n\r\n").encode()
+        left = size
+        while left > 0:
+            n = min(chunk, left)
+            yield b"\xff" * n
+            left -= n
+        yield b"\r\n"
+    yield f"--{boundary}--\r\n".encode()
+
+
+MULTIPART = {"content-type": "multipart/form-data; boundary=XyZ"}
+
+
+@server_only
+def test_a_huge_multipart_file_is_refused_while_streaming(predictor, monkeypatch):
+    import asyncio
+    import tempfile
+
+    spooled = []
+    monkeypatch.setattr(tempfile, "SpooledTemporaryFile",
+                        lambda *a, **k: spooled.append(1) or (_ for _ in ()).throw(AssertionError))
+    app = make_app(predictor)
+    body = multipart_stream([("file", "huge.jpg", 300_000_000)])
+    status, _, text, pulled = asyncio.run(asgi(app, "/v1/predict", body, MULTIPART))
+    assert status == 413 and b"huge.jpg: upload is over the limit of 200000" in text
+    assert pulled < 200_000 + 2 * 65536  # stopped at the limit, not after 300 MB
+    assert spooled == [] and app.state.budget.used == 0
+
+
+@server_only
+def test_a_batch_over_the_request_limit_is_refused_while_streaming(predictor):
+    import asyncio
+
+    app = make_app(predictor, max_request_bytes=500_000)
+    body = multipart_stream([("files", f"{i}.jpg", 150_000) for i in range(8)])
+    status, _, text, pulled = asyncio.run(asgi(app, "/v1/predict/batch", body, MULTIPART))
+    assert status == 413 and b"over the limit of 500000 bytes" in text
+    assert pulled < 500_000 + 2 * 65536
+    body = multipart_stream([("files", f"{i}.jpg", 1000) for i in range(50)])
+    status, _, text, pulled = asyncio.run(asgi(app, "/v1/predict/batch", body, MULTIPART))
+    assert status == 413 and b"batch limit of 4" in text and pulled < 5 * 1200 + 65536
+
+
+@server_only
+def test_uploads_in_flight_share_one_memory_budget(predictor):
+    import asyncio
+
+    app = make_app(predictor, max_buffered_bytes=100_000)
+    body = multipart_stream([("file", "a.jpg", 150_000)])
+    status, headers, text, _ = asyncio.run(asgi(app, "/v1/predict", body, MULTIPART))
+    assert status == 503 and "retry-after" in headers and b"busy" in text
+
+
+@server_only
+def test_a_silent_client_is_cut_off_after_the_read_timeout(predictor):
+    import asyncio
+    import time
+
+    app = make_app(predictor, read_timeout=0.3)
+    started = time.perf_counter()
+    status, _, text, _ = asyncio.run(asgi(app, "/v1/predict", iter([b"\xff\xd8", None]),
+                                          {"content-type": "image/jpeg"}))
+    assert status == 408 and b"stalled" in text and time.perf_counter() - started < 5
+
+
+@server_only
+def test_malformed_multipart_bodies_are_400_not_500(predictor):
+    import asyncio
+
+    app = make_app(predictor)
+    for body in ([b"garbage without boundaries"],
+                 [b"--XyZ\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a\"\r\n\r\nab"],
+                 [b"--XyZ\r\nContent-Disposition: form-data\r\n\r\nx\r\n--XyZ--\r\n"]):
+        status, _, text, _ = asyncio.run(asgi(app, "/v1/predict", iter(body), MULTIPART))
+        assert status == 400 and b"invalid multipart body" in text, text
+    status, _, text, _ = asyncio.run(asgi(app, "/v1/predict", iter([b"x"]),
+                                          {"content-type": "multipart/form-data"}))
+    assert status == 400
+
+
+def _slow_decode(predictor, monkeypatch, seconds: float):
+    real = type(predictor).decode
+
+    def slow(self, source):
+        import time
+
+        time.sleep(seconds)
+        return real(self, source)
+
+    monkeypatch.setattr(type(predictor), "decode", slow)
+
+
+@server_only
+def test_decoding_runs_off_the_event_loop(predictor, monkeypatch):
+    import asyncio
+    import time
+
+    import httpx
+
+    app = make_app(predictor)
+    _slow_decode(predictor, monkeypatch, 1.5)
+
+    async def scenario():
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+            slow = asyncio.create_task(client.post(
+                "/v1/predict", content=jpeg_bytes(), headers={"content-type": "image/jpeg"}))
+            await asyncio.sleep(0.2)
+            started = time.perf_counter()
+            health = await client.get("/healthz")
+            waited = time.perf_counter() - started
+            return (await slow), health, waited, slow
+
+    predicted, health, waited, _ = asyncio.run(scenario())
+    assert predicted.status_code == 200 and health.status_code == 200
+    assert waited < 0.8, f"/healthz waited {waited:.2f} s behind a decode"
+
+
+@server_only
+def test_a_full_queue_answers_503_with_retry_after(predictor, monkeypatch):
+    import asyncio
+
+    import httpx
+
+    app = make_app(predictor, workers=1, queue=1)
+    _slow_decode(predictor, monkeypatch, 0.8)
+
+    async def scenario():
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+            return await asyncio.gather(*(client.post(
+                "/v1/predict", content=jpeg_bytes(), headers={"content-type": "image/jpeg"})
+                for _ in range(5)))
+
+    responses = asyncio.run(scenario())
+    statuses = sorted(r.status_code for r in responses)
+    assert statuses.count(200) == 2 and statuses.count(503) == 3, statuses
+    busy = next(r for r in responses if r.status_code == 503)
+    assert busy.headers["retry-after"] == "1" and "busy" in busy.json()["error"]
+
+
+@server_only
+def test_a_request_over_the_time_limit_is_answered_and_the_server_recovers(predictor, monkeypatch):
+    from fastapi.testclient import TestClient
+
+    app = make_app(predictor, request_timeout=0.3, workers=1, queue=1)
+    client = TestClient(app, raise_server_exceptions=False)
+    _slow_decode(predictor, monkeypatch, 1.0)
+    r = client.post("/v1/predict", content=jpeg_bytes(), headers={"content-type": "image/jpeg"})
+    assert r.status_code == 503 and "longer than the limit of 0.3 s" in r.json()["error"]
+    assert "retry-after" in r.headers
+    monkeypatch.undo()
+    import time
+
+    time.sleep(1.0)  # the timed-out job finishes and gives its slot back
+    assert app.state.pool.pending == 0
+    r = client.post("/v1/predict", content=jpeg_bytes(), headers={"content-type": "image/jpeg"})
+    assert r.status_code == 200
+
+
+@server_only
+def test_the_default_pixel_cap_is_far_below_64m_and_checked_before_decoding(predictor, monkeypatch):
+    from fastapi.testclient import TestClient
+    from PIL import ImageFile
+
+    from fashionnet.server.app import SERVER_MAX_PIXELS
+
+    assert SERVER_MAX_PIXELS <= 16_000_000
+    app = make_app(predictor, max_bytes=5_000_000)
+    assert app.state.limits.max_pixels == SERVER_MAX_PIXELS
+    client = TestClient(app, raise_server_exceptions=False)
+    buf = io.BytesIO()
+    Image.new("I;16", (5000, 4000)).save(buf, "PNG")  # 20 M pixels of 16 bit, a few KB
+    assert len(buf.getvalue()) < 200_000
+    loads = []
+    real_load = ImageFile.ImageFile.load
+    monkeypatch.setattr(ImageFile.ImageFile, "load",
+                        lambda self: loads.append(self.size) or real_load(self))
+    r = client.post("/v1/predict", files={"file": ("bomb.png", buf.getvalue(), "image/png")})
+    assert r.status_code == 413 and "over the limit of 16000000" in r.json()["error"]
+    assert loads == []  # refused from the header: nothing was decoded
+
+
+@server_only
+def test_a_client_that_disconnects_mid_upload_is_one_log_line(predictor, caplog):
+    import asyncio
+
+    app = make_app(predictor)
+    body = iter([b"\xff\xd8\xff" * 1000])
+    with caplog.at_level(logging.DEBUG):
+        status, _, _, _ = asyncio.run(asgi(app, "/v1/predict", body,
+                                           {"content-type": "image/jpeg"}, disconnect=True))
+    server_lines = [r for r in caplog.records if r.name.startswith("fashionnet.server")]
+    assert len(server_lines) == 1 and "disconnected" in server_lines[0].getMessage()
+    assert all(r.exc_info is None for r in caplog.records)
+    assert "Traceback" not in caplog.text and app.state.budget.used == 0
+
+
+@server_only
+def test_one_access_log_line_per_request_that_can_be_turned_off(predictor, caplog):
+    from fastapi.testclient import TestClient
+
+    client = TestClient(make_app(predictor), raise_server_exceptions=False)
+    with caplog.at_level(logging.INFO, logger="fashionnet.access"):
+        client.post("/v1/predict", content=jpeg_bytes(), headers={"content-type": "image/jpeg"})
+        client.post("/v1/predict", content=b"nope", headers={"content-type": "image/jpeg"})
+        client.get("/healthz")
+    lines = [r.getMessage() for r in caplog.records if r.name == "fashionnet.access"]
+    assert len(lines) == 3
+    assert lines[0].startswith("POST /v1/predict 200 ") and " ms in=" in lines[0]
+    assert f"in={len(jpeg_bytes())}" in lines[0] and "out=" in lines[0]
+    assert lines[1].startswith("POST /v1/predict 400 ") and lines[2].startswith("GET /healthz 200")
+    caplog.clear()
+    quiet = TestClient(make_app(predictor, access_log_enabled=False))
+    with caplog.at_level(logging.INFO, logger="fashionnet.access"):
+        quiet.get("/healthz")
+    assert not [r for r in caplog.records if r.name == "fashionnet.access"]
+
+
+@server_only
+def test_a_model_that_cannot_answer_refuses_to_start(bundle_copy, monkeypatch):
+    from fashionnet import load
+    from fashionnet.runtime import runners
+    from fashionnet.server.app import create_app
+
+    predictor = load(bundle_copy, backend="keras")
+    real_call = runners.KerasRunner.__call__
+    monkeypatch.setattr(runners.KerasRunner, "__call__",
+                        lambda self, b: [np.full_like(o, np.nan) for o in real_call(self, b)])
+    with pytest.raises(FashionNetError, match="non-finite"):
+        create_app(predictor)
+    monkeypatch.setattr(runners.KerasRunner, "__call__",
+                        lambda self, b: [o[:, :2] for o in real_call(self, b)])
+    with pytest.raises(FashionNetError, match=r"answered shape \(1, 2\), expected \(1, 4\)"):
+        create_app(predictor)

@@ -235,8 +235,16 @@ def cmd_export(args) -> int:
 def cmd_serve(args) -> int:
     from fashionnet.server.app import serve
 
+    for name in ("max_bytes", "max_request_bytes", "max_buffered_bytes", "max_pixels",
+                 "max_batch", "request_timeout", "read_timeout"):
+        if getattr(args, name) <= 0:
+            raise FashionNetError(f"--{name.replace('_', '-')} must be positive")
     serve(args.model, host=args.host, port=args.port, max_bytes=args.max_bytes,
-          max_batch=args.max_batch, backend=args.backend)
+          max_request_bytes=args.max_request_bytes, max_buffered_bytes=args.max_buffered_bytes,
+          max_pixels=args.max_pixels, max_batch=args.max_batch, workers=args.workers,
+          queue=args.queue, request_timeout=args.request_timeout,
+          read_timeout=args.read_timeout, backend=args.backend,
+          access_log_enabled=not args.no_access_log)
     return 0
 
 
@@ -302,8 +310,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", type=Path, required=True)
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--max-bytes", type=int, default=10_000_000)
-    p.add_argument("--max-batch", type=int, default=32)
+    p.add_argument("--max-bytes", type=int, default=10_000_000, help="bytes per image")
+    p.add_argument("--max-request-bytes", type=int, default=64_000_000,
+                   help="bytes per request body (a batch)")
+    p.add_argument("--max-buffered-bytes", type=int, default=256_000_000,
+                   help="bytes of uploads held in memory by all requests together (else 503)")
+    p.add_argument("--max-pixels", type=int, default=16_000_000,
+                   help="width x height per image, checked before decoding")
+    p.add_argument("--max-batch", type=int, default=32, help="images per batch request")
+    p.add_argument("--workers", type=int, default=0,
+                   help="decode + inference threads (default: one per CPU core)")
+    p.add_argument("--queue", type=int, default=0,
+                   help="requests waiting for a worker before 503 (default: 4 per worker)")
+    p.add_argument("--request-timeout", type=float, default=30.0,
+                   help="seconds for decode + inference, queue included (else 503)")
+    p.add_argument("--read-timeout", type=float, default=15.0,
+                   help="seconds a client may stay silent mid-upload (else 408)")
+    p.add_argument("--no-access-log", action="store_true", help="no line per request")
     p.add_argument("--backend", choices=["auto", "onnx", "keras"], default="auto")
     p.set_defaults(func=cmd_serve)
     return parser

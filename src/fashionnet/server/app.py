@@ -2,54 +2,150 @@
 
     POST /v1/predict        one image: multipart field `file`, or the raw bytes as the body
     POST /v1/predict/batch  several images: multipart fields `files` (one model call)
-    GET  /v1/model          heads, classes, input size, metrics, bundle version
-    GET  /healthz           liveness
+    GET  /v1/model          heads, classes, input size, metrics, bundle version, limits
+    GET  /healthz           ok once a real prediction succeeded at start-up
     GET  /                  the web page
 
 Every bad input gets a 4xx JSON ``{"error": ...}``; unexpected failures a 500 without a trace.
+
+Limits (see `ServerLimits`; README "Server limits"): uploads are refused while they stream in
+(per image, per request, and for all requests in flight together), a silent client is cut off
+after ``read_timeout``, images over ``max_pixels`` are refused from their header before any
+decoding, and decoding plus inference run in a worker pool off the event loop, with a bounded
+queue (503 + Retry-After when full) and a per-request time limit.
 """
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import logging
+import os
 import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
 from importlib import resources
 from pathlib import Path
 
 import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
-from fashionnet.data.images import DEFAULT_MAX_PIXELS, ImageDecodeError, ImageTooLargeError
+from fashionnet.data.images import ImageDecodeError, ImageTooLargeError
 from fashionnet.errors import FashionNetError
 from fashionnet.inference import Predictor, load
+from fashionnet.server.uploads import ByteBudget, Reader, UploadError, read_multipart, read_raw
 
 log = logging.getLogger("fashionnet.server")
+access_log = logging.getLogger("fashionnet.access")
+
+#: A 96-pixel model needs nothing near 64 M pixels; 16 M covers 12-16 MP phone photos.
+SERVER_MAX_PIXELS = 16_000_000
+
+
+@dataclasses.dataclass(frozen=True)
+class ServerLimits:
+    max_bytes: int = 10_000_000            # one image
+    max_request_bytes: int = 64_000_000    # one request body (a batch)
+    max_buffered_bytes: int = 256_000_000  # all uploads in flight together
+    max_pixels: int = SERVER_MAX_PIXELS    # width x height, from the header, before decoding
+    max_batch: int = 32                    # images in one batch request
+    workers: int = 0                       # decode + inference threads; 0: one per core
+    queue: int = 0                         # requests waiting for a worker; 0: 4 per worker
+    request_timeout: float = 30.0          # seconds for decode + inference, queue included
+    read_timeout: float = 15.0             # seconds a client may stay silent mid-upload
+
+    def resolved(self) -> ServerLimits:
+        workers = self.workers or max(1, os.cpu_count() or 1)
+        return dataclasses.replace(self, workers=workers, queue=self.queue or 4 * workers)
+
+    def public(self) -> dict:
+        return dataclasses.asdict(self)
 
 
 class ApiError(Exception):
-    def __init__(self, status: int, message: str):
+    def __init__(self, status: int, message: str, retry_after: int | None = None):
         super().__init__(message)
         self.status = status
         self.message = message
+        self.retry_after = retry_after
+
+
+class WorkerPool:
+    """Runs decode + inference in threads: at most ``workers`` at once, ``queue`` waiting.
+
+    A request beyond that is answered 503 with Retry-After at once. A job that outlives the
+    time limit is answered 503 too; its thread finishes in the background and keeps its slot
+    until then, so the pool never runs more than it was sized for.
+    """
+
+    def __init__(self, workers: int, queue: int, timeout: float):
+        self.executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="fashionnet")
+        self.capacity = workers + queue
+        self.timeout = timeout
+        self.pending = 0
+        self._lock = threading.Lock()
+
+    def _release(self, _future) -> None:
+        with self._lock:
+            self.pending -= 1
+
+    async def run(self, fn, *args):
+        with self._lock:
+            if self.pending >= self.capacity:
+                raise ApiError(503, "server busy: every worker and queue slot is taken; retry "
+                                    "shortly", retry_after=1)
+            self.pending += 1
+        try:
+            future = self.executor.submit(fn, *args)
+        except BaseException:
+            self._release(None)
+            raise
+        future.add_done_callback(self._release)
+        try:
+            return await asyncio.wait_for(asyncio.wrap_future(future), self.timeout)
+        except (asyncio.TimeoutError, TimeoutError):
+            raise ApiError(503, f"the request took longer than the limit of "
+                                f"{self.timeout:g} s; retry later", retry_after=5) from None
+
+    def close(self) -> None:
+        self.executor.shutdown(wait=False, cancel_futures=True)
 
 
 def create_app(model: str | Path | Predictor, *, max_bytes: int = 10_000_000,
-               max_pixels: int = DEFAULT_MAX_PIXELS, max_batch: int = 32,
-               backend: str = "auto") -> FastAPI:
+               max_pixels: int = SERVER_MAX_PIXELS, max_batch: int = 32,
+               backend: str = "auto", access_log_enabled: bool = True,
+               limits: ServerLimits | None = None, **limit_options) -> FastAPI:
+    """The app. Limits come from ``limits`` or keyword options (see `ServerLimits`).
+
+    Loading checks the bundle against its model and runs one real prediction; a model that
+    cannot answer refuses to start (FashionNetError) instead of answering 500 forever.
+    """
+    limits = (limits or ServerLimits(max_bytes=max_bytes, max_pixels=max_pixels,
+                                     max_batch=max_batch, **limit_options)).resolved()
     predictor = model if isinstance(model, Predictor) else load(model, backend=backend)
-    predictor.max_pixels = max_pixels
+    predictor.max_pixels = limits.max_pixels
+    predictor.self_test()
     bundle = predictor.bundle
-    lock = threading.Lock()  # Keras models are not safe to call from several threads
+    # Keras models are not safe to call from several threads; ONNX Runtime sessions are.
+    model_lock = threading.Lock() if predictor.backend == "keras" else None
+    pool = WorkerPool(limits.workers, limits.queue, limits.request_timeout)
+    budget = ByteBudget(limits.max_buffered_bytes)
     app = FastAPI(title="FashionNet", version="0.1.0",
                   description="Multi-output image classification: one label set per head.")
     app.state.predictor = predictor
+    app.state.limits = limits
+    app.state.pool = pool
+    app.state.budget = budget
+    app.state.ready = True  # the start-up prediction above succeeded
+    app.router.on_shutdown.append(pool.close)
 
     @app.exception_handler(ApiError)
     async def _api_error(_, exc: ApiError):
-        return JSONResponse({"error": exc.message}, status_code=exc.status)
+        return _error(exc.status, exc.message, exc.retry_after)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(_, exc: StarletteHTTPException):
@@ -65,44 +161,27 @@ def create_app(model: str | Path | Predictor, *, max_bytes: int = 10_000_000,
         log.exception("unexpected error")
         return JSONResponse({"error": "internal error"}, status_code=500)
 
-    async def read_limited(request: Request) -> bytes:
-        declared = request.headers.get("content-length")
-        if declared and declared.isdigit() and int(declared) > max_bytes + 1_000_000:
-            raise ApiError(413, f"upload of {declared} bytes is over the limit of {max_bytes}")
-        body = bytearray()
-        async for chunk in request.stream():
-            body.extend(chunk)
-            if len(body) > max_bytes + 1_000_000:
-                raise ApiError(413, f"upload is over the limit of {max_bytes} bytes")
-        return bytes(body)
-
     async def uploads(request: Request, field: str, many: bool) -> list[tuple[str, bytes]]:
+        """The uploaded images; the caller must `reader.release()` (done by `guarded`)."""
+        declared = request.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > limits.max_request_bytes:
+            raise ApiError(413, f"request body of {declared} bytes is over the limit of "
+                                f"{limits.max_request_bytes} bytes")
+        reader = request.state.reader = Reader(
+            request.stream(), max_request_bytes=limits.max_request_bytes, budget=budget,
+            read_timeout=limits.read_timeout)
         content_type = request.headers.get("content-type", "")
         if content_type.startswith("multipart/form-data"):
-            try:
-                form = await request.form(max_files=max_batch + 1, max_part_size=max_bytes + 1)
-            except Exception as exc:  # malformed multipart, too many parts
-                raise ApiError(400, f"invalid multipart body ({exc})") from None
-            items = form.getlist(field)
-            if not items:
-                raise ApiError(422, f"expected multipart field {field!r} "
-                                    f"(got: {', '.join(form.keys()) or 'none'})")
-            files = []
-            for item in items:
-                if isinstance(item, str):
-                    raise ApiError(422, f"field {field!r} must be a file, not text")
-                data = await item.read()
-                files.append((item.filename or field, data))
-            return files
+            return await read_multipart(reader, content_type, field,
+                                        max_file_bytes=limits.max_bytes,
+                                        max_files=limits.max_batch if many else 1)
         if many:
             raise ApiError(415, "send several images as multipart/form-data fields 'files'")
-        return [("body", await read_limited(request))]
+        return [("body", await read_raw(reader, limits.max_bytes))]
 
     def decode(name: str, data: bytes) -> np.ndarray:
         if not data:
             raise ApiError(400, f"{name}: empty upload")
-        if len(data) > max_bytes:
-            raise ApiError(413, f"{name}: {len(data)} bytes is over the limit of {max_bytes}")
         try:
             return predictor.decode(data)
         except ImageDecodeError as exc:
@@ -110,32 +189,64 @@ def create_app(model: str | Path | Predictor, *, max_bytes: int = 10_000_000,
             status = 413 if isinstance(exc, ImageTooLargeError) else 400
             raise ApiError(status, f"{name}: {reason}") from None
 
-    def run(images: list[np.ndarray], names: list[str]) -> list[dict]:
-        with lock:
+    def predict_arrays(images: list[np.ndarray], names: list[str]) -> list[dict]:
+        if model_lock is None:
             predictions = predictor.predict_arrays(np.stack(images), names)
+        else:
+            with model_lock:
+                predictions = predictor.predict_arrays(np.stack(images), names)
         return [p.to_dict() for p in predictions]
 
-    @app.post("/v1/predict", summary="Classify one image (multipart `file` or raw body)")
-    async def predict(request: Request) -> dict:
-        name, data = (await uploads(request, "file", many=False))[0]
-        return run([decode(name, data)], [name])[0]
-
-    @app.post("/v1/predict/batch", summary="Classify several images (multipart `files`)")
-    async def predict_batch(request: Request) -> dict:
-        files = await uploads(request, "files", many=True)
-        if len(files) > max_batch:
-            raise ApiError(413, f"{len(files)} images is over the batch limit of {max_batch}")
-        images, names, results = [], [], [None] * len(files)
+    def job(files: list[tuple[str, bytes]]) -> list[dict | tuple[str, ApiError]]:
+        """Worker thread: decode every image (failures per image), then one model call."""
+        results: list[dict | tuple[str, ApiError] | None] = [None] * len(files)
+        images, names, where = [], [], []
         for i, (name, data) in enumerate(files):
             try:
                 images.append(decode(name, data))
-                names.append((i, name))
+                names.append(name)
+                where.append(i)
             except ApiError as exc:
-                results[i] = {"source": name, "error": exc.message}
+                results[i] = (name, exc)
         if images:
-            for (i, _), result in zip(names, run(images, [n for _, n in names])):
+            for i, result in zip(where, predict_arrays(images, names)):
                 results[i] = result
-        return {"results": results}
+        return results  # type: ignore[return-value]
+
+    async def guarded(request: Request, field: str, many: bool):
+        try:
+            files = await uploads(request, field, many)
+            return await pool.run(job, files)
+        except UploadError as exc:
+            raise ApiError(exc.status, exc.message, exc.retry_after) from None
+        except ClientDisconnect:
+            reader = getattr(request.state, "reader", None)
+            log.warning("client disconnected during the upload to %s after %d bytes",
+                        request.url.path, reader.received if reader else 0)
+            raise _Disconnected from None
+        finally:
+            reader = getattr(request.state, "reader", None)
+            if reader is not None:
+                reader.release()
+
+    @app.exception_handler(_Disconnected)
+    async def _gone(_, exc):
+        return Response(status_code=499)  # nginx's "client closed request": nobody reads it
+
+    @app.post("/v1/predict", summary="Classify one image (multipart `file` or raw body)")
+    async def predict(request: Request) -> dict:
+        result = (await guarded(request, "file", many=False))[0]
+        if isinstance(result, tuple):
+            raise result[1]
+        if "error" in result:  # the model answered NaN for this image
+            raise ApiError(500, result["error"])
+        return result
+
+    @app.post("/v1/predict/batch", summary="Classify several images (multipart `files`)")
+    async def predict_batch(request: Request) -> dict:
+        results = await guarded(request, "files", many=True)
+        return {"results": [{"source": r[0], "error": r[1].message} if isinstance(r, tuple)
+                            else r for r in results]}
 
     @app.get("/v1/model", summary="What the model predicts")
     def model_info() -> dict:
@@ -147,11 +258,12 @@ def create_app(model: str | Path | Predictor, *, max_bytes: int = 10_000_000,
                 "trained_combinations": bundle.trained_combinations,
                 "metrics": {k: bundle.metrics.get(k) for k in ("test", "split")
                             if k in bundle.metrics},
-                "limits": {"max_bytes": max_bytes, "max_pixels": max_pixels,
-                           "max_batch": max_batch}}
+                "limits": limits.public()}
 
-    @app.get("/healthz", summary="Liveness")
-    def healthz() -> dict:
+    @app.get("/healthz", summary="Ready: a real prediction succeeded at start-up")
+    def healthz():
+        if not app.state.ready:
+            return JSONResponse({"status": "starting"}, status_code=503)
         return {"status": "ok"}
 
     page = resources.files("fashionnet.server").joinpath("static/index.html").read_text()
@@ -160,15 +272,66 @@ def create_app(model: str | Path | Predictor, *, max_bytes: int = 10_000_000,
     def index() -> str:
         return page
 
+    if access_log_enabled:
+        app.add_middleware(AccessLog)
     return app
 
 
-def serve(model: str | Path, host: str = "127.0.0.1", port: int = 8000, **options) -> None:
+class _Disconnected(Exception):
+    """The client went away mid-request: logged in one line, nothing to answer."""
+
+
+def _error(status: int, message: str, retry_after: int | None = None) -> JSONResponse:
+    headers = {"Retry-After": str(retry_after)} if retry_after else None
+    return JSONResponse({"error": message}, status_code=status, headers=headers)
+
+
+class AccessLog:
+    """ASGI middleware: one line per HTTP request, ``METHOD PATH STATUS MS in=BYTES out=BYTES``."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        started = time.perf_counter()
+        seen = {"status": 0, "in": 0, "out": 0}
+
+        async def counting_receive():
+            message = await receive()
+            if message["type"] == "http.request":
+                seen["in"] += len(message.get("body", b""))
+            return message
+
+        async def counting_send(message):
+            if message["type"] == "http.response.start":
+                seen["status"] = message["status"]
+            elif message["type"] == "http.response.body":
+                seen["out"] += len(message.get("body", b""))
+            await send(message)
+
+        try:
+            await self.app(scope, counting_receive, counting_send)
+        finally:
+            access_log.info("%s %s %d %.1f ms in=%d out=%d", scope.get("method", "?"),
+                            scope.get("path", "?"), seen["status"] or 500,
+                            1000 * (time.perf_counter() - started), seen["in"], seen["out"])
+
+
+def serve(model: str | Path, host: str = "127.0.0.1", port: int = 8000, *,
+          access_log_enabled: bool = True, **options) -> None:
     try:
         import uvicorn
     except ImportError:
         raise FashionNetError("serving needs the serve extra: pip install "
                               "'fashionnet[serve]'") from None
-    app = create_app(model, **options)
-    print(f"serving {model} ({app.state.predictor.backend}) on http://{host}:{port}/")
-    uvicorn.run(app, host=host, port=port, log_level="warning")
+    app = create_app(model, access_log_enabled=access_log_enabled, **options)
+    if not logging.getLogger("fashionnet").handlers:
+        logging.basicConfig(level=logging.INFO, format="%(message)s")
+    logging.getLogger("fashionnet").setLevel(logging.INFO)
+    limits = app.state.limits
+    print(f"serving {model} ({app.state.predictor.backend}) on http://{host}:{port}/ "
+          f"({limits.workers} workers, queue {limits.queue}, max {limits.max_pixels} pixels)")
+    uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False,
+                timeout_keep_alive=5)
