@@ -158,7 +158,10 @@ def _to_rgb(im: Image.Image, background: tuple[int, int, int]) -> Image.Image:
         # Integer arithmetic: 2 bytes a pixel, not the 8 of a float64 copy (a 16-bit PNG of
         # a few hundred KB can hold tens of millions of pixels).
         values = np.asarray(im).astype(np.uint16, copy=False)
-        im = Image.fromarray((values // 257).astype(np.uint8), "L")
+        if not values.flags.writeable:
+            values = values.copy()
+        np.floor_divide(values, 257, out=values)
+        im = Image.fromarray(values.astype(np.uint8), "L")
     elif im.mode in ("I", "F"):
         values = np.asarray(im, dtype=np.float32)
         peak = max(float(np.nanmax(values)) if values.size else 1.0, 1.0)
