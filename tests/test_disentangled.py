@@ -53,7 +53,7 @@ def test_colour_head_is_small():
     model = build_model(HEADS, 32)
     colour_weights = sum(int(np.prod(w.shape)) for layer in model.layers
                          if layer.name.startswith("color_") for w in layer.weights)
-    assert 0 < colour_weights < 2000
+    assert 0 < colour_weights < 2500
 
 
 def test_category_branch_ignores_brightness_and_contrast():
@@ -97,8 +97,8 @@ def test_paint_moves_the_garment_to_the_target_colour(target):
     garment = out[8:24, 10:22].reshape(-1, 3).astype(float).mean(axis=0)
     np.testing.assert_array_equal(out[:8], image[:8])  # backdrop untouched
     value = garment.max() / 255
-    if target == "black":
-        assert value < 0.25
+    if target == "black":  # dark and grey
+        assert value < 0.45 and garment.min() / garment.max() > 0.7
     elif target == "white":
         assert value > 0.8 and garment.min() / garment.max() > 0.85
     else:
@@ -121,7 +121,7 @@ def test_recolouring_moves_the_label_with_the_pixels():
     for i in moved:
         garment = out[i, 8:24, 10:22].reshape(-1, 3).astype(float).mean(axis=0)
         if new[i].argmax() == 0:  # black
-            assert garment.max() < 0.25 * 255
+            assert garment.max() < 0.45 * 255 and garment.min() / garment.max() > 0.7
         else:  # blue
             assert abs(_hue(garment) - 218) < 25
     np.testing.assert_array_equal(images[0], _garment(color=(200, 30, 30)))  # input kept

@@ -32,16 +32,18 @@ class ColorSpec:
 
 
 #: Colour names recolouring knows; a head's classes outside this table are never painted.
+#: Ranges are for the garment's mean colour; black, blue and red were read off the fashion
+#: set's garments (black: value 0.21-0.47, saturation < 0.16; blue: saturation 0.09-0.68).
 COLORS: dict[str, ColorSpec] = {
-    "black": ColorSpec(None, 0, (0.0, 0.2), (0.04, 0.18)),
+    "black": ColorSpec(None, 0, (0.0, 0.15), (0.1, 0.35)),
     "white": ColorSpec(None, 0, (0.0, 0.06), (0.88, 1.0)),
     "gray": ColorSpec(None, 0, (0.0, 0.08), (0.4, 0.7)),
     "grey": ColorSpec(None, 0, (0.0, 0.08), (0.4, 0.7)),
-    "red": ColorSpec(0, 8, (0.65, 1.0), (0.5, 0.95)),
+    "red": ColorSpec(0, 8, (0.45, 0.95), (0.45, 0.9)),
     "orange": ColorSpec(28, 5, (0.7, 1.0), (0.8, 1.0)),
     "yellow": ColorSpec(55, 5, (0.6, 1.0), (0.8, 1.0)),
     "green": ColorSpec(125, 20, (0.4, 0.9), (0.3, 0.8)),
-    "blue": ColorSpec(218, 12, (0.45, 0.9), (0.3, 0.85)),
+    "blue": ColorSpec(218, 12, (0.2, 0.8), (0.3, 0.85)),
     "navy": ColorSpec(225, 8, (0.5, 0.9), (0.15, 0.35)),
     "purple": ColorSpec(280, 15, (0.4, 0.85), (0.3, 0.75)),
     "pink": ColorSpec(335, 10, (0.25, 0.55), (0.8, 1.0)),

