@@ -17,6 +17,8 @@ TAGS = {"black": ["dark"], "red": ["warm", "bright"], "blue": ["cool"], "green":
 def manifest(tiny_dataset, tmp_path_factory):
     rng = np.random.default_rng(1)
     path = tmp_path_factory.mktemp("manifest") / "labels.csv"
+    # Manifest paths stay inside the manifest's folder (issue 11): link the images in.
+    (path.parent / "images").symlink_to(tiny_dataset, target_is_directory=True)
     with path.open("w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["path", "color", "category", "tags"])
@@ -24,7 +26,7 @@ def manifest(tiny_dataset, tmp_path_factory):
             color, category = image.parent.name.split("_")
             row = [color, category, "|".join(TAGS[color])]
             row = ["" if rng.random() < 0.2 else v for v in row]
-            writer.writerow([str(image), *row])
+            writer.writerow([f"images/{image.relative_to(tiny_dataset).as_posix()}", *row])
     return path
 
 
@@ -39,7 +41,7 @@ def test_train_three_heads_with_missing_labels_and_round_trip(manifest, tmp_path
     assert [h["name"] for h in labels["heads"]] == ["color", "category", "tags"]
     assert labels["heads"][2]["classes"] == ["bright", "cool", "dark", "warm"]
     assert set(result.metrics["test"]["heads"]) == {"color", "category", "tags"}
-    first_image = next(csv.DictReader(manifest.open()))["path"]
+    first_image = manifest.parent / next(csv.DictReader(manifest.open()))["path"]
     prediction = load(tmp_path / "run", backend="keras").predict_files([first_image])[0]
     assert isinstance(prediction.heads["tags"].label, list)
     assert set(prediction.heads["tags"].probabilities) == {"bright", "cool", "dark", "warm"}

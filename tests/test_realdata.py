@@ -14,13 +14,19 @@ pytestmark = [requires_fashion, pytest.mark.realdata]
 
 @pytest.fixture(scope="module")
 def sample_manifest(tmp_path_factory):
-    """12 images of each of the 7 folders, as a JSONL manifest pointing into ../shared."""
+    """12 images of each of the 7 folders, as a JSONL manifest pointing into ../shared.
+
+    Manifest paths must stay inside the manifest's folder (issue 11), so the dataset is
+    linked in as ``fashion/``.
+    """
     path = tmp_path_factory.mktemp("real") / "sample.jsonl"
+    (path.parent / "fashion").symlink_to(FASHION.resolve(), target_is_directory=True)
     lines = []
     for folder in sorted(p for p in FASHION.iterdir() if p.is_dir()):
         color, category = folder.name.split("_")
         for image in sorted(folder.iterdir())[:12]:
-            lines.append(json.dumps({"path": str(image), "color": color, "category": category}))
+            lines.append(json.dumps({"path": f"fashion/{folder.name}/{image.name}",
+                                     "color": color, "category": category}))
     path.write_text("\n".join(lines) + "\n")
     return path
 
