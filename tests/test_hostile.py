@@ -633,10 +633,7 @@ def test_paths_inside_the_folder_still_work(tmp_path):
     assert {r.path for r in records} == {(tmp_path / "data" / "img" / "a.jpg").resolve()}
 
 
-def test_train_allow_outside_flag(tmp_path, capsys, monkeypatch):
-    from fashionnet.data import sources
-
-    monkeypatch.setattr(sources, "ALLOW_OUTSIDE", False)
+def test_train_allow_outside_flag(tmp_path, capsys):
     for i in range(4):
         solid(tmp_path / "shared" / f"r{i}.jpg", RED)
         solid(tmp_path / "shared" / f"b{i}.jpg", (20, 20, 220))

@@ -71,19 +71,8 @@ def _config_from_args(args) -> TrainConfig:
             raise FashionNetError(f"--loss-weight {item!r}: {weight!r} is not a number") from None
     overrides["heads"] = heads
     if getattr(args, "allow_outside", False):
-        _allow_outside(config, overrides)
-    return config.with_overrides(**overrides)
-
-
-def _allow_outside(config, overrides: dict) -> None:
-    """--allow-outside: manifest paths may leave the manifest's folder."""
-    import dataclasses
-
-    from fashionnet.data import sources
-
-    if "allow_outside" in {f.name for f in dataclasses.fields(config)}:
         overrides["allow_outside"] = True
-    sources.ALLOW_OUTSIDE = True  # read_dataset's default, whoever calls it in this process
+    return config.with_overrides(**overrides)
 
 
 def _add_train_options(p: argparse.ArgumentParser) -> None:
@@ -148,11 +137,20 @@ def _metrics_summary(metrics: dict) -> str:
             + f"; exact match {100 * test['exact_match']:.2f}%")
 
 
+def _model_or_default(model: Path | None) -> Path:
+    """``--model`` when given, else the bundle shipped inside the package."""
+    if model is not None:
+        return model
+    from fashionnet.default_model import default_model_path
+
+    return default_model_path()
+
+
 def cmd_classify(args) -> int:
     from fashionnet.inference import expand_inputs, load
 
     paths = expand_inputs(args.inputs)
-    predictor = load(args.model, backend=args.backend)
+    predictor = load(_model_or_default(args.model), backend=args.backend)
     results = predictor.predict_files(paths, strict=args.strict, progress=not args.json)
     failures = 0
     for result in results:
@@ -198,7 +196,7 @@ def cmd_evaluate(args) -> int:
 
     out = args.output or Path(args.model) / "evaluation"
     report = evaluate(args.model, args.dataset, output=out, subset=args.subset,
-                      backend=args.backend)
+                      backend=args.backend, allow_outside=args.allow_outside)
     print(summary_table(report))
     print(f"report: {out / 'report.md'}")
     return 0
@@ -239,7 +237,7 @@ def cmd_serve(args) -> int:
                  "max_batch", "request_timeout", "read_timeout"):
         if getattr(args, name) <= 0:
             raise FashionNetError(f"--{name.replace('_', '-')} must be positive")
-    serve(args.model, host=args.host, port=args.port, max_bytes=args.max_bytes,
+    serve(_model_or_default(args.model), host=args.host, port=args.port, max_bytes=args.max_bytes,
           max_request_bytes=args.max_request_bytes, max_buffered_bytes=args.max_buffered_bytes,
           max_pixels=args.max_pixels, max_batch=args.max_batch, workers=args.workers,
           queue=args.queue, request_timeout=args.request_timeout,
@@ -263,7 +261,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("classify", help="classify images with a trained bundle")
-    p.add_argument("--model", type=Path, required=True, help="bundle folder")
+    p.add_argument("--model", type=Path,
+                   help="bundle folder (default: the model shipped with fashionnet)")
     p.add_argument("inputs", nargs="+", help="image files or folders")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("--annotate", type=Path, metavar="OUT_DIR", help="write labelled images here")
@@ -282,6 +281,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--subset", choices=["train", "val", "test"],
                    help="only the images the bundle's run put in this split")
     p.add_argument("--output", type=Path, help="report folder (default: MODEL/evaluation)")
+    p.add_argument("--allow-outside", action="store_true",
+                   help="manifest paths may leave the manifest's folder")
     p.add_argument("--backend", choices=["auto", "onnx", "keras"], default="auto")
     p.set_defaults(func=cmd_evaluate)
 
@@ -307,7 +308,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("serve", help="HTTP API and web page")
-    p.add_argument("--model", type=Path, required=True)
+    p.add_argument("--model", type=Path,
+                   help="bundle folder (default: the model shipped with fashionnet)")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--max-bytes", type=int, default=10_000_000, help="bytes per image")

@@ -85,6 +85,7 @@ class TrainConfig:
     label_smoothing: float = 0.0
     patience: int = 0
     strict: bool = False
+    allow_outside: bool = False  # manifest paths may leave the manifest's folder
     cache: bool = True
     calibrate: bool = True
 

@@ -119,7 +119,7 @@ def partner_swaps(heads: Sequence[HeadSpec], records: Sequence[Record],
 
 def evaluate(model: str | Path | Bundle, dataset: str | Path, *, output: str | Path | None = None,
              subset: str | None = None, calibrated: bool = True, progress: bool = True,
-             backend: str = "auto") -> dict:
+             backend: str = "auto", allow_outside: bool = False) -> dict:
     """Evaluate a bundle on a dataset (folder or manifest); write reports if ``output``.
 
     ``subset`` = ``test`` (or ``val``, ``train``) keeps only the records the bundle's training
@@ -129,7 +129,8 @@ def evaluate(model: str | Path | Bundle, dataset: str | Path, *, output: str | P
 
     bundle = model if isinstance(model, Bundle) else load_bundle(model)
     heads = bundle.heads
-    records, _ = read_dataset(dataset, [h.name for h in heads], [h.name for h in heads if h.multi])
+    records, _ = read_dataset(dataset, [h.name for h in heads], [h.name for h in heads if h.multi],
+                              allow_outside=allow_outside)
     if subset:
         records = _subset(bundle, records, subset)
     for record in records:

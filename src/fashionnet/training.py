@@ -18,7 +18,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from fashionnet.bundle import Bundle, atomic_directory, write_json
+from fashionnet.bundle import Bundle, atomic_directory, recover, write_json
 from fashionnet.config import TrainConfig
 from fashionnet.data.images import Preprocessing, decode_many
 from fashionnet.data.pipeline import batches
@@ -71,7 +71,8 @@ def load_dataset(config: TrainConfig, progress: bool = True) -> Dataset:
     multi = [h.name for h in config.heads if h.multi]
     names = [h.name for h in config.heads] or None
     records, found = read_dataset(config.dataset, names, multi, config.separator,
-                                  config.multi_separator, config.path_column)
+                                  config.multi_separator, config.path_column,
+                                  allow_outside=config.allow_outside)
     decoded = decode_many([r.path for r in records], config.input_size, strict=config.strict,
                           progress=progress, cache=config.cache)
     records = [records[i] for i in decoded.kept]
@@ -212,6 +213,7 @@ def train(config: TrainConfig, output: str | Path, *, overwrite: bool = False,
           verbose: int | str = "auto", data: Dataset | None = None) -> TrainResult:
     """Train on ``config.dataset`` and write a bundle at ``output`` (atomically)."""
     output = Path(output)
+    recover(output)  # a bundle set aside by a killed --overwrite comes back first
     if output.exists() and not overwrite:
         raise FashionNetError(f"{output}: already exists; choose another --output or "
                               f"pass --overwrite")

@@ -18,8 +18,6 @@ from fashionnet.heads import Label
 
 DEFAULT_HEADS = ("color", "category")
 MANIFEST_SUFFIXES = (".csv", ".json", ".jsonl")
-#: Default for `read_dataset`'s ``allow_outside`` (set by ``--allow-outside``).
-ALLOW_OUTSIDE = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -217,14 +215,11 @@ def _parse_label(value, multi: bool, separator: str) -> Label:
 def read_dataset(source: str | Path, heads: Sequence[str] | None = None,
                  multi_heads: Sequence[str] = (), separator: str = "_",
                  multi_separator: str = "|", path_column: str = "path", *,
-                 allow_outside: bool | None = None) -> tuple[list[Record], list[str]]:
+                 allow_outside: bool = False) -> tuple[list[Record], list[str]]:
     """A folder or a manifest file, whichever ``source`` is. Returns records and head names.
 
-    ``allow_outside``: let manifest paths leave the manifest's folder (None: the process-wide
-    default `ALLOW_OUTSIDE`, which the ``--allow-outside`` flag sets).
+    ``allow_outside``: let manifest paths leave the manifest's folder (``--allow-outside``).
     """
-    if allow_outside is None:
-        allow_outside = ALLOW_OUTSIDE
     source = Path(source)
     if source.is_dir():
         names = list(heads) if heads else list(DEFAULT_HEADS)
