@@ -51,8 +51,11 @@ def _config_from_args(args) -> TrainConfig:
     if args.no_dedupe:
         overrides["dedupe"] = False
     heads = list(config.heads)
+    multi = [n.strip() for n in (args.multi or "").split(",") if n.strip()]
+    if multi:
+        # Honoured with or without --heads: without, the dataset's heads are all kept.
+        overrides["multi"] = sorted(set(config.multi) | set(multi))
     if args.heads:
-        multi = set(args.multi.split(",")) if args.multi else set()
         heads = [HeadSpec(n.strip(), kind="multi" if n.strip() in multi else "single",
                           branch=default_branch(n.strip()))
                  for n in args.heads.split(",") if n.strip()]

@@ -64,6 +64,7 @@ class TrainConfig:
 
     dataset: str = ""
     heads: list[HeadSpec] = dataclasses.field(default_factory=list)
+    multi: list[str] = dataclasses.field(default_factory=list)  # multi-label heads (--multi)
     separator: str = "_"
     multi_separator: str = "|"
     path_column: str = "path"
@@ -90,6 +91,10 @@ class TrainConfig:
     calibrate: bool = True
 
     def __post_init__(self) -> None:
+        if self.multi and self.heads:
+            # --multi names heads whether or not they are listed: a listed one becomes multi.
+            self.heads = [dataclasses.replace(h, kind="multi") if h.name in self.multi else h
+                          for h in self.heads]
         if self.architecture not in ARCHITECTURE_DEFAULTS:
             raise FashionNetError(f"architecture must be one of {list(ARCHITECTURE_DEFAULTS)}, "
                                   f"not {self.architecture!r}")
@@ -123,8 +128,13 @@ class TrainConfig:
 
     def head_specs(self, names: list[str]) -> list[HeadSpec]:
         """The configured heads, or default ones for the dataset's head names."""
+        unknown = [n for n in self.multi if n not in names]
+        if unknown:
+            raise FashionNetError(f"multi-label head(s) {unknown} not found in the dataset "
+                                  f"(it has: {', '.join(names)})")
         if not self.heads:
-            return [HeadSpec(n, branch=default_branch(n)) for n in names]
+            return [HeadSpec(n, kind="multi" if n in self.multi else "single",
+                             branch=default_branch(n)) for n in names]
         configured = [h.name for h in self.heads]
         missing = [n for n in configured if n not in names]
         if missing:

@@ -21,14 +21,14 @@ import numpy as np
 
 from fashionnet.bundle import Bundle, load_bundle
 from fashionnet.data.images import DEFAULT_MAX_PIXELS, ImageDecodeError, decode_image
+from fashionnet.data.sources import IMAGE_SUFFIXES, image_files
 from fashionnet.errors import FashionNetError
 from fashionnet.heads import HeadSpec
 from fashionnet.metrics import apply_temperature
 from fashionnet.runtime.runners import KerasRunner, OnnxRunner, Runner, onnx_available
 
 BACKENDS = ("auto", "onnx", "keras")
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff", ".jfif",
-                  ".avif"}
+__all__ = ["BACKENDS", "IMAGE_SUFFIXES", "Prediction", "Predictor", "expand_inputs", "load"]
 
 
 @dataclasses.dataclass
@@ -243,8 +243,7 @@ def expand_inputs(inputs: Sequence[str | Path]) -> list[Path]:
     for item in inputs:
         item = Path(item)
         if item.is_dir():
-            found = sorted(p for p in item.rglob("*")
-                           if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            found, _ = image_files(item)
             if not found:
                 raise FashionNetError(f"{item}: no image files in this folder")
             paths.extend(found)

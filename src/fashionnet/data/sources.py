@@ -9,15 +9,51 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
+import logging
 import os
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
 from fashionnet.errors import FashionNetError
 from fashionnet.heads import Label
 
+log = logging.getLogger("fashionnet")
+
 DEFAULT_HEADS = ("color", "category")
 MANIFEST_SUFFIXES = (".csv", ".json", ".jsonl")
+#: What counts as an image file inside a folder, for training and classify alike (the decoder
+#: still sniffs the content: a .jpg that is really a PNG is read). Other files (README.txt,
+#: .DS_Store, notes) are not images and are left out with a count, never an error.
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff",
+                            ".jfif", ".avif"})
+
+
+def image_files(folder: Path) -> tuple[list[Path], Counter]:
+    """The image files anywhere under ``folder`` (sub-folders included, hidden ones not), sorted,
+    and a count of the other files left out, by suffix."""
+    found: list[Path] = []
+    others: Counter = Counter()
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for name in filenames:
+            if name.startswith("."):
+                continue
+            path = Path(dirpath) / name
+            if path.suffix.lower() in IMAGE_SUFFIXES:
+                found.append(path)
+            else:
+                others[path.suffix.lower() or "(no suffix)"] += 1
+    return sorted(found), others
+
+
+def describe_skipped(others: Counter) -> str:
+    """``3 not images (2 .txt, 1 .md)`` or an empty string."""
+    total = sum(others.values())
+    if not total:
+        return ""
+    kinds = ", ".join(f"{n} {suffix}" for suffix, n in others.most_common())
+    return f"{total} not image file(s): {kinds}"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -28,11 +64,17 @@ class Record:
 
 def read_folders(root: str | Path, heads: Sequence[str] = DEFAULT_HEADS,
                  separator: str = "_") -> list[Record]:
-    """One sub-folder per combination: ``black_jeans/`` -> {color: black, category: jeans}."""
+    """One sub-folder per combination: ``black_jeans/`` -> {color: black, category: jeans}.
+
+    Every image file under a combination folder counts, in nested sub-folders too (as
+    ``classify`` reads a folder); files that are not images by their suffix are left out and
+    counted. Logs one line: what was found and what was left out.
+    """
     root = Path(root)
     if not root.is_dir():
         raise FashionNetError(f"{root}: dataset folder not found")
     records = []
+    skipped: Counter = Counter()
     folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not folders:
         raise FashionNetError(f"{root}: no sub-folders; expect one folder per combination "
@@ -45,11 +87,15 @@ def read_folders(root: str | Path, heads: Sequence[str] = DEFAULT_HEADS,
                 f"expected {len(heads)} ({separator.join(heads)})"
             )
         labels = dict(zip(heads, parts))
-        for path in sorted(folder.iterdir()):
-            if path.is_file() and not path.name.startswith("."):
-                records.append(Record(path, dict(labels)))
+        files, others = image_files(folder)
+        skipped.update(others)
+        records.extend(Record(path, dict(labels)) for path in files)
     if not records:
-        raise FashionNetError(f"{root}: no image files in its sub-folders")
+        extra = f" ({describe_skipped(skipped)})" if skipped else ""
+        raise FashionNetError(f"{root}: no image files in its sub-folders{extra}")
+    left_out = describe_skipped(skipped)
+    log.info("found %d images in %d folders%s", len(records), len(folders),
+             f" ({left_out}, left out)" if left_out else "")
     return records
 
 
@@ -76,6 +122,10 @@ def read_manifest(path: str | Path, heads: Sequence[str] | None = None,
     names = list(heads) if heads else [c for c in columns if c != path_column]
     if not names:
         raise FashionNetError(f"{path}: no label columns besides {path_column!r}")
+    absent = [n for n in names if not any(n in row for _, row in rows)]
+    if absent:
+        raise FashionNetError(f"{path}: no column {absent[0]!r} for head {absent[0]!r} "
+                              f"(columns: {', '.join(map(str, columns))})")
     folder = path.parent
     records = []
     for line, row in rows:
@@ -92,13 +142,15 @@ def read_manifest(path: str | Path, heads: Sequence[str] | None = None,
         labels: dict[str, Label] = {}
         for name in names:
             if name not in row:
-                raise FashionNetError(f"{where} has no column {name!r}")
+                raise FashionNetError(f"{where} has no column {name!r} (columns: "
+                                      f"{', '.join(map(str, row))})")
             value = row[name]
             if value is not None and not isinstance(value, (str, int, float, list)):
                 raise FashionNetError(f"{where}: {name!r} must be a label or a list, not "
                                       f"{type(value).__name__}")
             labels[name] = _parse_label(value, name in multi_heads, multi_separator)
         records.append(Record((folder / image).resolve(), labels))
+    log.info("found %d rows in %s (heads: %s)", len(records), path.name, ", ".join(names))
     return records, names
 
 
