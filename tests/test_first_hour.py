@@ -6,6 +6,7 @@ import json
 import logging
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from fashionnet.cli import main
@@ -96,3 +97,52 @@ def test_wrong_head_column_lists_the_columns(tmp_path):
                                               r"'colour' \(columns: path, color, category, "
                                               r"occasions\)"):
         read_manifest(manifest, heads=["colour", "category"])
+
+
+# -- 3. BatchNorm statistics after a short run -----------------------------------------------
+
+def test_precise_batchnorm_averages_the_batch_statistics():
+    import keras
+
+    from fashionnet.training import precise_batchnorm
+
+    inputs = keras.Input((4, 4, 3))
+    outputs = keras.layers.BatchNormalization(momentum=0.99)(inputs)
+    model = keras.Model(inputs, outputs)
+    images = np.random.default_rng(0).integers(100, 256, (70, 4, 4, 3), dtype=np.uint8)
+    assert precise_batchnorm(model, images, batch_size=16) == 5
+    bn = model.layers[-1]
+    pixels = images.reshape(-1, 3) / 255.0
+    assert np.allclose(keras.ops.convert_to_numpy(bn.moving_mean), pixels.mean(0), atol=2e-3)
+    assert np.allclose(keras.ops.convert_to_numpy(bn.moving_variance), pixels.var(0), rtol=0.1)
+    assert bn.momentum == 0.99
+
+
+def test_a_short_run_predicts_with_settled_batchnorm(tiny_dataset, tmp_path):
+    """One epoch (6 steps) with momentum 0.99 left the moving averages at their start."""
+    import keras
+
+    from fashionnet import TrainConfig, train
+    from fashionnet.training import batchnorm_layers, load_dataset
+
+    config = TrainConfig(dataset=str(tiny_dataset), architecture="recipe", epochs=1,
+                         input_size=32, batch_size=16, cache=False)
+    data = load_dataset(config, progress=False)
+    result = train(config, tmp_path / "run", verbose=0, data=data)
+    model = keras.saving.load_model(result.bundle.keras_path, compile=False)
+    first = batchnorm_layers(model)[0]  # topological order: no BatchNorm before it
+    probe = keras.Model(model.inputs, first.input)
+    images = data.images[result.split.train].astype(np.float32) / 255.0
+    features = keras.ops.convert_to_numpy(probe(images)).reshape(-1, first.input.shape[-1])
+    moving = keras.ops.convert_to_numpy(first.moving_mean)
+    assert np.allclose(moving, features.mean(0), rtol=0.05, atol=0.01)
+
+
+def test_warning_when_validation_is_far_below_training():
+    from fashionnet.training import generalisation_warning
+
+    assert generalisation_warning({"count": 9, "exact_match": 0.93},
+                                  {"count": 9, "exact_match": 0.25}).startswith(
+        "validation exact match 25.0% is far below training 93.0%")
+    assert generalisation_warning({"count": 9, "exact_match": 0.93},
+                                  {"count": 9, "exact_match": 0.85}) is None

@@ -89,6 +89,7 @@ class TrainConfig:
     allow_outside: bool = False  # manifest paths may leave the manifest's folder
     cache: bool = True
     calibrate: bool = True
+    precise_bn: bool = True  # re-estimate BatchNorm statistics on training images after training
 
     def __post_init__(self) -> None:
         if self.multi and self.heads:

@@ -20,7 +20,7 @@ import numpy as np
 
 from fashionnet.bundle import Bundle, atomic_directory, recover, write_json
 from fashionnet.config import TrainConfig
-from fashionnet.data.images import Preprocessing, decode_many
+from fashionnet.data.images import Preprocessing, decode_many, to_model_input
 from fashionnet.data.pipeline import batches
 from fashionnet.data.recolor import Recoloring, RecolorPlan
 from fashionnet.data.sources import Record, read_dataset
@@ -179,13 +179,86 @@ def evaluate_split(model, heads: Sequence[HeadSpec], images: np.ndarray,
     return out
 
 
-class BestEpoch(keras.callbacks.Callback):
-    """Score validation exact match each epoch; keep the best weights; stop after patience."""
+#: At most this many training batches re-estimate BatchNorm statistics after training.
+PRECISE_BN_BATCHES = 200
+#: ... and at the end of each epoch, while the moving averages have not yet settled.
+PRECISE_BN_EPOCH_BATCHES = 50
 
-    def __init__(self, heads, images, targets, patience: int, restore: bool):
+
+def batchnorm_layers(model) -> list:
+    return [layer for layer in model._flatten_layers(include_self=False, recursive=True)
+            if isinstance(layer, keras.layers.BatchNormalization)]
+
+
+def precise_batchnorm(model, images: np.ndarray, batch_size: int = 32,
+                      max_batches: int = PRECISE_BN_BATCHES, seed: int = 0) -> int:
+    """Re-estimate every BatchNormalization layer's moving mean and variance with the model's
+    current weights: the plain average of the batch statistics over up to ``max_batches``
+    shuffled batches of ``images`` (uint8, not augmented), dropout off ("precise BN").
+
+    The moving averages that Keras keeps during training lag behind the weights: with momentum
+    0.99 they need several hundred steps to forget their start, so a short run predicts from
+    statistics of a network that no longer exists (chance on validation, ~93 % on training).
+    Returns the number of batches used.
+    """
+    norms = batchnorm_layers(model)
+    if not norms or len(images) < 2:
+        return 0
+    drops = [layer for layer in model._flatten_layers(include_self=False, recursive=True)
+             if isinstance(layer, keras.layers.Dropout)]
+    momenta = [layer.momentum for layer in norms]
+    rates = [layer.rate for layer in drops]
+    order = np.random.default_rng(seed).permutation(len(images))
+    used = seen = 0
+    try:
+        for layer in drops:
+            layer.rate = 0.0
+        for k in range(min(max_batches, math.ceil(len(images) / batch_size))):
+            rows = np.sort(order[k * batch_size:(k + 1) * batch_size])
+            if len(rows) < 2:
+                break
+            for layer in norms:  # moving = mean of the batch statistics so far, by batch size
+                layer.momentum = seen / (seen + len(rows))
+            model(to_model_input(images[rows]), training=True)
+            used, seen = used + 1, seen + len(rows)
+    finally:
+        for layer, momentum in zip(norms, momenta):
+            layer.momentum = momentum
+        for layer, rate in zip(drops, rates):
+            layer.rate = rate
+    return used
+
+
+def generalisation_warning(train: dict | None, held_out: dict | None, name: str = "validation",
+                           gap: float = 0.25) -> str | None:
+    """A sentence when held-out exact match is far below training exact match."""
+    if not train or not held_out or not held_out.get("count") or not train.get("count"):
+        return None
+    seen, unseen = train["exact_match"], held_out["exact_match"]
+    if seen - unseen <= gap:
+        return None
+    return (f"{name} exact match {100 * unseen:.1f}% is far below training {100 * seen:.1f}%: "
+            f"the model memorises the training images instead of learning the labels (too few "
+            f"images per combination, too many epochs for them), or the {name} images differ "
+            f"from the training ones; look at losses.png and accuracy.png in the bundle")
+
+
+class BestEpoch(keras.callbacks.Callback):
+    """Score validation exact match each epoch; keep the best weights; stop after patience.
+
+    With ``refresh`` (training images), BatchNorm statistics are re-estimated before scoring
+    while the moving averages are still young (fewer than 5 / (1 - momentum) steps), so that
+    the first epochs of a run are judged, and kept, on their real merit.
+    """
+
+    def __init__(self, heads, images, targets, patience: int, restore: bool,
+                 refresh: np.ndarray | None = None, batch_size: int = 32,
+                 momentum: float = 0.99, steps_per_epoch: int = 1):
         super().__init__()
         self.heads, self.images, self.targets = heads, images, targets
         self.patience, self.restore = patience, restore
+        self.refresh, self.batch_size = refresh, batch_size
+        self.settled_after = 5.0 / max(1e-6, 1.0 - momentum) / max(1, steps_per_epoch)
         self.scores: list[float] = []
         self.best = (-math.inf, -math.inf)
         self.best_epoch = -1
@@ -193,6 +266,9 @@ class BestEpoch(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         logs = logs if logs is not None else {}
+        if self.refresh is not None and epoch + 1 < self.settled_after:
+            precise_batchnorm(self.model, self.refresh, self.batch_size,
+                              PRECISE_BN_EPOCH_BATCHES, seed=epoch)
         score = evaluate_split(self.model, self.heads, self.images, self.targets)["exact_match"]
         self.scores.append(score)
         logs["val_exact_match"] = score
@@ -234,13 +310,19 @@ def train(config: TrainConfig, output: str | Path, *, overwrite: bool = False,
                    if len(split.val) else None)
     compile_model(model, heads, config, targets["train"],
                   steps_per_epoch=math.ceil(len(split.train) / config.batch_size))
-    best = BestEpoch(heads, images["val"], targets["val"], config.patience, restore=has_val)
+    steps_per_epoch = math.ceil(len(split.train) / config.batch_size)
+    best = BestEpoch(heads, images["val"], targets["val"], config.patience, restore=has_val,
+                     refresh=images["train"] if config.precise_bn else None,
+                     batch_size=config.batch_size, momentum=config.bn_momentum,
+                     steps_per_epoch=steps_per_epoch)
     callbacks = [best] if len(split.val) else []
     started = time.perf_counter()
     # shuffle=False: the batches shuffle themselves (Keras ignores it for datasets anyway).
     history = model.fit(train_batches, validation_data=val_batches, epochs=config.epochs,
                         shuffle=False, callbacks=callbacks, verbose=verbose)
     fit_seconds = time.perf_counter() - started
+    if config.precise_bn:
+        precise_batchnorm(model, images["train"], config.batch_size, seed=config.seed)
     epochs_run = len(history.history.get("loss", []))
     hist = dict(history.history)
     if callbacks:
@@ -262,6 +344,10 @@ def train(config: TrainConfig, output: str | Path, *, overwrite: bool = False,
                 test_result["heads"][h.name]["ece"] = expected_calibration_error(t, raw)
                 test_result["heads"][h.name]["ece_calibrated"] = expected_calibration_error(t, cal)
 
+    warning = generalisation_warning(train_result, val_result) if has_val else (
+        generalisation_warning(train_result, test_result, "test"))
+    if warning:
+        log.warning("%s", warning)
     trained_combos = sorted({combination(data.records[i].labels, heads) for i in split.train})
     metrics = {
         "split": split.summary(),
