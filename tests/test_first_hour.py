@@ -146,3 +146,36 @@ def test_warning_when_validation_is_far_below_training():
         "validation exact match 25.0% is far below training 93.0%")
     assert generalisation_warning({"count": 9, "exact_match": 0.93},
                                   {"count": 9, "exact_match": 0.85}) is None
+
+
+# -- 4. paths that do not depend on the working folder ---------------------------------------
+
+def test_evaluate_subset_however_the_dataset_is_spelled(tiny_bundle, tiny_dataset, monkeypatch):
+    from fashionnet import evaluate
+
+    split = json.loads((tiny_bundle.bundle.path / "split.json").read_text())
+    assert all(not Path(p).is_absolute() and p.count("/") == 1 for p in split["test"])
+    expected = len(split["test"])
+    monkeypatch.chdir(tiny_dataset.parent)
+    for spelling in (tiny_dataset.name, f"./{tiny_dataset.name}/", str(tiny_dataset)):
+        report = evaluate(tiny_bundle.bundle.path, spelling, subset="test", progress=False)
+        assert report["count"] == expected, spelling
+
+
+def test_a_config_names_its_dataset_relative_to_itself(tmp_path, monkeypatch, capsys):
+    from fashionnet import TrainConfig
+
+    (tmp_path / "project" / "photos").mkdir(parents=True)
+    (tmp_path / "project" / "fashionnet.toml").write_text('dataset = "photos"\n')
+    monkeypatch.chdir(tmp_path)
+    config = TrainConfig.from_toml("project/fashionnet.toml")
+    assert Path(config.dataset) == Path("project/photos")
+    # and init-config writes the dataset relative to where the file goes
+    solid(tmp_path / "project" / "photos" / "red_dress" / "a.jpg", "red")
+    solid(tmp_path / "project" / "photos" / "blue_shoes" / "a.jpg", "blue")
+    code, _, err = run(capsys, "init-config", "--dataset", "project/photos", "--output",
+                       "project/conf/f.toml")
+    assert code == 0, err
+    assert 'dataset = "../photos"' in (tmp_path / "project" / "conf" / "f.toml").read_text()
+    config = TrainConfig.from_toml(tmp_path / "project" / "conf" / "f.toml")
+    assert Path(config.dataset).resolve() == (tmp_path / "project" / "photos").resolve()

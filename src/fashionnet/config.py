@@ -17,6 +17,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -170,12 +171,18 @@ class TrainConfig:
             text = path.read_text()
         except OSError as exc:
             raise FashionNetError(f"{path}: cannot read config ({exc.strerror})") from None
-        return cls.from_toml_text(text, str(path))
+        return cls.from_toml_text(text, str(path), relative_to=path.parent)
 
     @classmethod
-    def from_toml_text(cls, text: str, where: str = "config") -> TrainConfig:
+    def from_toml_text(cls, text: str, where: str = "config",
+                       relative_to: str | Path | None = None) -> TrainConfig:
+        """``relative_to``: the folder a relative ``dataset`` is read from (the config file's
+        folder, as for any path written in a file), not the working folder."""
         try:
             data = tomllib.loads(text)
         except tomllib.TOMLDecodeError as exc:
             raise FashionNetError(f"{where}: invalid TOML ({exc})") from None
+        dataset = data.get("dataset")
+        if relative_to is not None and isinstance(dataset, str) and dataset:
+            data["dataset"] = os.path.normpath(os.path.join(relative_to, dataset))
         return cls.from_dict(data, where)

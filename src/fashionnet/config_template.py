@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections import Counter
 from pathlib import Path
 
@@ -10,7 +11,10 @@ from fashionnet.data.sources import read_dataset
 from fashionnet.errors import FashionNetError
 
 
-def render_config(dataset: str | Path, heads: str | None = None, multi: str | None = None) -> str:
+def render_config(dataset: str | Path, heads: str | None = None, multi: str | None = None,
+                  dataset_text: str | None = None) -> str:
+    """The template's text; ``dataset_text`` is how the file names the dataset (default: as
+    given), relative to the file's own folder."""
     names = [h.strip() for h in heads.split(",")] if heads else None
     multi_heads = [h.strip() for h in multi.split(",")] if multi else []
     records, found = read_dataset(dataset, names, multi_heads)
@@ -20,7 +24,8 @@ def render_config(dataset: str | Path, heads: str | None = None, multi: str | No
         "# Command-line flags override these values. architecture = \"recipe\" reproduces the",
         "# Keras recipe exactly (96 px, 50 epochs, its schedule, no augmentation). The settings",
         "# commented out below follow the architecture unless you set them; shown: its default.",
-        f"dataset = {toml_string(str(dataset))}",
+        "# dataset: relative to this file's folder",
+        f"dataset = {toml_string(dataset_text or str(dataset))}",
         f'architecture = "{d.architecture}"   # disentangled | recipe | gap',
         f"# input_size = {d.input_size}        # images are resized to input_size x input_size",
         f"# epochs = {d.epochs}",
@@ -92,7 +97,12 @@ def write_config(dataset: str | Path, output: str | Path, heads: str | None = No
     output = Path(output)
     if output.exists() and not overwrite:
         raise FashionNetError(f"{output}: already exists (pass --overwrite to replace it)")
-    text = render_config(dataset, heads, multi)
+    relative = os.path.relpath(os.path.abspath(dataset), os.path.abspath(output.parent))
+    text = render_config(dataset, heads, multi, dataset_text=Path(relative).as_posix())
     TrainConfig.from_toml_text(text, str(output))  # what we write must load back
-    output.write_text(text)
+    try:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        output.write_text(text)
+    except OSError as exc:
+        raise FashionNetError(f"{output}: cannot write ({exc.strerror or exc})") from None
     return output

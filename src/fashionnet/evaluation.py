@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
@@ -17,7 +18,7 @@ import numpy as np
 
 from fashionnet.bundle import Bundle, load_bundle, write_json
 from fashionnet.data.images import decode_many
-from fashionnet.data.sources import Record, read_dataset
+from fashionnet.data.sources import Record, dataset_root, read_dataset, relative_key
 from fashionnet.errors import FashionNetError
 from fashionnet.heads import HeadSpec, combination, encode_targets
 from fashionnet.metrics import (
@@ -132,7 +133,7 @@ def evaluate(model: str | Path | Bundle, dataset: str | Path, *, output: str | P
     records, _ = read_dataset(dataset, [h.name for h in heads], [h.name for h in heads if h.multi],
                               allow_outside=allow_outside)
     if subset:
-        records = _subset(bundle, records, subset)
+        records = _subset(bundle, records, subset, dataset)
     for record in records:
         for head in heads:
             label = record.labels.get(head.name)
@@ -161,15 +162,26 @@ def evaluate(model: str | Path | Bundle, dataset: str | Path, *, output: str | P
     return report
 
 
-def _subset(bundle: Bundle, records: list[Record], subset: str) -> list[Record]:
+def _subset(bundle: Bundle, records: list[Record], subset: str,
+            dataset: str | Path) -> list[Record]:
+    """The records in the bundle's ``subset`` split, matched by their path relative to the
+    dataset root (older bundles: by the path as written at training, or its absolute form)."""
     split_file = bundle.path / "split.json"
     try:
-        wanted = set(json.loads(split_file.read_text())[subset])
-    except (OSError, KeyError, json.JSONDecodeError):
+        document = json.loads(split_file.read_text())
+        wanted = set(document[subset])
+    except (OSError, KeyError, TypeError, json.JSONDecodeError):
         raise FashionNetError(f"{split_file}: has no {subset!r} split to evaluate on") from None
-    chosen = [r for r in records if str(r.path) in wanted]
+    if "paths" in document:
+        root = dataset_root(dataset)
+        chosen = [r for r in records if relative_key(r.path, root) in wanted]
+    else:
+        absolute = {os.path.abspath(w) for w in wanted}
+        chosen = [r for r in records
+                  if str(r.path) in wanted or os.path.abspath(r.path) in absolute]
     if not chosen:
-        raise FashionNetError(f"none of the dataset's images are in the bundle's {subset} split")
+        raise FashionNetError(f"none of the images of {dataset} are in the bundle's {subset} "
+                              f"split ({split_file}): is it the dataset the model was trained on?")
     return chosen
 
 

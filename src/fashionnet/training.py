@@ -23,7 +23,7 @@ from fashionnet.config import TrainConfig
 from fashionnet.data.images import Preprocessing, decode_many, to_model_input
 from fashionnet.data.pipeline import batches
 from fashionnet.data.recolor import Recoloring, RecolorPlan
-from fashionnet.data.sources import Record, read_dataset
+from fashionnet.data.sources import Record, dataset_root, read_dataset, relative_key
 from fashionnet.data.splits import Split, duplicate_groups, split_records
 from fashionnet.errors import FashionNetError
 from fashionnet.heads import HeadSpec, combination, encode_targets, fit_classes
@@ -367,9 +367,11 @@ def train(config: TrainConfig, output: str | Path, *, overwrite: bool = False,
         write_json(tmp / "labels.json", bundle.labels_document())
         write_json(tmp / "config.json", config.to_dict())
         write_json(tmp / "metrics.json", metrics)
+        root = dataset_root(config.dataset) if config.dataset else Path(".")
         write_json(tmp / "split.json", {
-            name: [str(data.records[i].path) for i in getattr(split, name)]
-            for name in ("train", "val", "test")})
+            "paths": "relative to the dataset root (its folder, or the manifest's folder)",
+            **{name: [relative_key(data.records[i].path, root) for i in getattr(split, name)]
+               for name in ("train", "val", "test")}})
         _write_history(tmp / "history.csv", hist)
         plot_history(hist, [h.name for h in heads], tmp)
     return TrainResult(bundle, metrics, split)

@@ -264,6 +264,19 @@ def _parse_label(value, multi: bool, separator: str) -> Label:
     return text
 
 
+def dataset_root(source: str | Path) -> Path:
+    """The folder a dataset's image paths are relative to: the folder itself, or the
+    manifest's folder."""
+    source = Path(source)
+    return source if source.is_dir() else source.parent
+
+
+def relative_key(path: str | Path, root: str | Path) -> str:
+    """An image's path relative to its dataset root, with ``/``: the same wherever the dataset
+    is and however its path is spelled (``photos``, ``./photos/``, ``/home/me/photos``)."""
+    return Path(os.path.relpath(os.path.abspath(path), os.path.abspath(root))).as_posix()
+
+
 def read_dataset(source: str | Path, heads: Sequence[str] | None = None,
                  multi_heads: Sequence[str] = (), separator: str = "_",
                  multi_separator: str = "|", path_column: str = "path", *,
