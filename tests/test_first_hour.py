@@ -179,3 +179,23 @@ def test_a_config_names_its_dataset_relative_to_itself(tmp_path, monkeypatch, ca
     assert 'dataset = "../photos"' in (tmp_path / "project" / "conf" / "f.toml").read_text()
     config = TrainConfig.from_toml(tmp_path / "project" / "conf" / "f.toml")
     assert Path(config.dataset).resolve() == (tmp_path / "project" / "photos").resolve()
+
+
+# -- 5. annotated copies ---------------------------------------------------------------------
+
+def test_annotate_mirrors_the_tree_and_keeps_white(tiny_bundle, tmp_path, capsys):
+    from PIL import Image
+
+    photos = tmp_path / "photos"
+    solid(photos / "a" / "x.jpg", "red", size=(60, 60))
+    solid(photos / "b" / "x.jpg", "blue", size=(60, 60))
+    solid(photos / "b" / "x.png", (0, 0, 0, 0), size=(60, 60), mode="RGBA")  # transparent
+    out = tmp_path / "out"
+    code, _, err = run(capsys, "classify", "--model", tiny_bundle.bundle.path, photos,
+                       "--annotate", out, "--json")
+    assert code == 0, err
+    written = sorted(p.relative_to(out).as_posix() for p in out.rglob("*.png"))
+    assert written == ["a/x.png", "b/x-2.png", "b/x.png"]
+    assert f"wrote 3 annotated image(s) to {out}" in err
+    with Image.open(out / "b" / "x-2.png") as im:  # the transparent one, on white
+        assert im.convert("RGB").getpixel((390, im.height - 5)) == (255, 255, 255)

@@ -155,22 +155,27 @@ def cmd_classify(args) -> int:
     paths = expand_inputs(args.inputs)
     predictor = load(_model_or_default(args.model), backend=args.backend)
     results = predictor.predict_files(paths, strict=args.strict, progress=not args.json)
-    failures = 0
-    for result in results:
+    failures = written = 0
+    if args.annotate:
+        from fashionnet.annotate import annotate, output_names
+
+        names = output_names(args.inputs, paths)
+    for index, result in enumerate(results):
         if result.error:
             failures += 1
             print(f"error: {result.error}", file=sys.stderr)
             continue
+        if args.annotate:
+            annotate(paths[index], result, args.annotate, name=names[index])
+            written += 1
         if args.json:
             continue
         if len(results) > 1:
             print(f"{result.source}")
         for name, head in result.heads.items():
             print(f"{'  ' if len(results) > 1 else ''}{name}: {head.describe()}")
-        if args.annotate:
-            from fashionnet.annotate import annotate
-
-            annotate(result.source, result, args.annotate)
+    if args.annotate:
+        print(f"wrote {written} annotated image(s) to {args.annotate}", file=sys.stderr)
     if args.json:
         # Strict JSON: a non-finite number (NaN, Infinity) is written as null, never as NaN.
         print(json.dumps(_finite([r.to_dict() for r in results]), indent=2, allow_nan=False))
