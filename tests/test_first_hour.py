@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import logging
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -199,3 +201,51 @@ def test_annotate_mirrors_the_tree_and_keeps_white(tiny_bundle, tmp_path, capsys
     assert f"wrote 3 annotated image(s) to {out}" in err
     with Image.open(out / "b" / "x-2.png") as im:  # the transparent one, on white
         assert im.convert("RGB").getpixel((390, im.height - 5)) == (255, 255, 255)
+
+
+# -- 6. a missing extra ----------------------------------------------------------------------
+
+BLOCK = """
+import sys
+class Block:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in {blocked!r}:
+            raise ModuleNotFoundError(f"No module named {{name!r}}", name=name)
+sys.meta_path.insert(0, Block())
+from fashionnet.cli import main
+sys.exit(main({argv!r}))
+"""
+
+
+def without(blocked: set[str], *argv) -> subprocess.CompletedProcess:
+    """Run the CLI in a fresh process where the ``blocked`` packages cannot be imported."""
+    code = BLOCK.format(blocked=blocked, argv=[str(a) for a in argv])
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=300)
+
+
+RUNTIME_ONLY = {"keras", "tensorflow", "matplotlib", "tf2onnx", "fastapi", "uvicorn"}
+
+
+@pytest.mark.parametrize("argv,needs", [
+    (["train", "--dataset", "{data}", "--output", "{tmp}/run"], 'pip install "fashionnet[train]"'),
+    (["demo", "--output", "{tmp}/demo"], 'pip install "fashionnet[train]"'),
+    (["export", "{tmp}"], 'pip install "fashionnet[export]"'),
+    (["serve", "--model", "{tmp}"], 'pip install "fashionnet[serve]"'),
+    (["evaluate", "--model", "{tmp}", "--dataset", "{data}"], 'pip install "fashionnet[train]"'),
+])
+def test_a_missing_extra_is_one_line_naming_the_install(tmp_path, tiny_dataset, argv, needs):
+    argv = [a.format(tmp=tmp_path, data=tiny_dataset) for a in argv]
+    done = without(RUNTIME_ONLY, *argv)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.startswith("error: ") and needs in done.stderr
+    assert "Traceback" not in done.stderr and done.stderr.count("\n") == 1
+    assert not any(p.name in ("run", "demo", "evaluation") for p in tmp_path.iterdir())
+
+
+def test_classify_backend_keras_without_keras_says_so(tiny_bundle, tiny_dataset):
+    image = sorted((tiny_dataset / "red_dress").iterdir())[0]
+    done = without(RUNTIME_ONLY, "classify", "--model", tiny_bundle.bundle.path, "--backend",
+                   "keras", image)
+    assert done.returncode == 2
+    assert "--backend keras needs keras" in done.stderr and "model.onnx" not in done.stderr

@@ -121,9 +121,12 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_train(args) -> int:
-    from fashionnet.training import train
+    from fashionnet.extras import require_training
 
     config = _config_from_args(args)
+    require_training("fashionnet train")
+    from fashionnet.training import train
+
     result = train(config, args.output, overwrite=args.overwrite,
                    verbose=2 if args.quiet else "auto")
     print(_metrics_summary(result.metrics))
@@ -193,6 +196,9 @@ def _finite(value):
 
 
 def cmd_demo(args) -> int:
+    from fashionnet.extras import require_training
+
+    require_training("fashionnet demo")
     from fashionnet.demo import run_demo
 
     run_demo(args.output, epochs=args.epochs, overwrite=True)
@@ -200,6 +206,9 @@ def cmd_demo(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
+    from fashionnet.extras import require
+
+    require("fashionnet evaluate (its plots)", "train", "matplotlib")
     from fashionnet.evaluation import evaluate, summary_table
 
     out = args.output or Path(args.model) / "evaluation"
@@ -211,9 +220,12 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_study(args) -> int:
-    from fashionnet.study import compositional_study
+    from fashionnet.extras import require_training
 
     config = _config_from_args(args)
+    require_training("fashionnet study")
+    from fashionnet.study import compositional_study
+
     combos = [c for c in args.combinations.split(",") if c] if args.combinations else None
     study = compositional_study(config, args.output, combinations=combos,
                                 verbose=2 if args.quiet else "auto")
@@ -231,6 +243,11 @@ def cmd_init_config(args) -> int:
 
 
 def cmd_export(args) -> int:
+    from fashionnet.extras import keras_modules, require
+
+    needs = keras_modules() + (["tf2onnx", "onnx", "onnxruntime"]
+                               if "onnx" in (args.format or ["onnx"]) else ["tensorflow"])
+    require("fashionnet export", "export", *needs)
     from fashionnet.runtime.export import export
 
     for path in export(args.model, formats=args.format):
@@ -239,6 +256,9 @@ def cmd_export(args) -> int:
 
 
 def cmd_serve(args) -> int:
+    from fashionnet.extras import require
+
+    require("fashionnet serve", "serve", "fastapi", "uvicorn", "python_multipart|multipart")
     from fashionnet.server.app import serve
 
     for name in ("max_bytes", "max_request_bytes", "max_buffered_bytes", "max_pixels",

@@ -98,10 +98,8 @@ class Predictor:
                 raise FashionNetError(f"{bundle.keras_path}: missing from the bundle")
             try:
                 self.runner = KerasRunner(bundle.keras_path, outputs)
-            except ImportError:
-                raise FashionNetError(
-                    f"{bundle.path}: has no model.onnx and Keras is not installed; install "
-                    "fashionnet[train] or export the bundle to ONNX") from None
+            except ImportError as exc:
+                raise FashionNetError(_no_keras(bundle, backend, exc)) from None
         self._check_model(bundle.onnx_path if use_onnx else bundle.keras_path)
 
     def _check_model(self, model_path: Path) -> None:
@@ -216,6 +214,20 @@ class Predictor:
                 results.extend(by_index.get(i) or Prediction(str(p), error=errors[i])
                                for i, p in enumerate(chunk))
         return results
+
+
+def _no_keras(bundle: Bundle, backend: str, exc: ImportError) -> str:
+    """Why the Keras model cannot run, and the one fix that applies."""
+    lacking = getattr(exc, "name", None) or "Keras"
+    if backend == "keras":
+        return (f"--backend keras needs {lacking}, which is not installed: "
+                f'pip install "fashionnet[train]" (or use --backend onnx)')
+    if bundle.onnx_path.is_file():  # auto, with model.onnx there: onnxruntime is what lacks
+        return (f"{bundle.path}: has model.onnx but onnxruntime is not installed (and "
+                f'{lacking} is not either): pip install "fashionnet[runtime]"')
+    return (f"{bundle.path}: has no model.onnx and {lacking} is not installed: "
+            f'pip install "fashionnet[train]", or run `fashionnet export {bundle.path}` where '
+            f"it is")
 
 
 def _chunks(items: list, size: int, progress: bool) -> Iterator[list]:
