@@ -249,3 +249,127 @@ def test_classify_backend_keras_without_keras_says_so(tiny_bundle, tiny_dataset)
                    "keras", image)
     assert done.returncode == 2
     assert "--backend keras needs keras" in done.stderr and "model.onnx" not in done.stderr
+
+
+# -- 7. self-explaining commands, no TensorFlow for cheap ones -------------------------------
+
+PROBE = """
+import sys
+from fashionnet.cli import main
+try:
+    code = main({argv!r})
+except SystemExit as exc:
+    code = exc.code
+heavy = sorted(m for m in ("tensorflow", "keras", "jax", "torch") if m in sys.modules)
+print("HEAVY", heavy, code, file=sys.stderr)
+"""
+
+
+@pytest.mark.parametrize("argv", [
+    ["--help"], ["train", "--help"], ["classify", "--help"], ["train", "photos/"],
+    ["train", "--dataset", "nope/", "--output", "{tmp}/run"],
+    ["train", "--config", "{tmp}/bad.toml", "--output", "{tmp}/run"],
+    ["init-config", "--dataset", "{data}", "--output", "{tmp}/f.toml"],
+])
+def test_cheap_commands_do_not_import_tensorflow(tmp_path, tiny_dataset, argv):
+    (tmp_path / "bad.toml").write_text('architecture = "resnet"\n')
+    argv = [a.format(tmp=tmp_path, data=tiny_dataset) for a in argv]
+    done = subprocess.run([sys.executable, "-c", PROBE.format(argv=argv)], capture_output=True,
+                          text=True, timeout=120)
+    assert "HEAVY [] " in done.stderr, done.stderr[-2000:]
+
+
+def test_every_option_is_explained_with_its_default_and_an_example(capsys):
+    from fashionnet.cli import build_parser
+
+    parser = build_parser()
+    commands = next(a for a in parser._actions if a.choices and "train" in a.choices).choices
+    for name, command in commands.items():
+        for action in command._actions:
+            if action.option_strings and action.dest != "help":
+                assert action.help, f"{name} {action.option_strings} has no help"
+        text = command.format_help()
+        assert "example" in text, name
+    train = commands["train"].format_help()
+    assert "--epochs N" in train and "30 for disentangled" in " ".join(train.split())
+    assert "(default: 8000)" in commands["serve"].format_help()
+
+
+def test_a_bare_dataset_path_hints_at_dataset(capsys):
+    with pytest.raises(SystemExit):
+        main(["train", "photos/", "--output", "runs/x"])
+    assert "did you mean --dataset photos/?" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["train", "--output", "runs/x", "--epochs", "3", "photos/"])
+    assert "did you mean --dataset photos/?" in capsys.readouterr().err
+
+
+# -- 12. one validated configuration ---------------------------------------------------------
+
+@pytest.mark.parametrize("toml,message", [
+    ('architecture = "resnet"', "architecture must be one of recipe, gap, disentangled; not "
+                                "'resnet'"),
+    ('split = "bogus"', "split must be one of standard, recipe; not 'bogus'"),
+    ("val_fraction = 5.0", "val_fraction must be at least 0 and below 1, not 5.0"),
+    ("epochs = 'many'", "epochs must be a whole number, not 'many'"),
+    ("augment = 1", "augment must be true or false, not 1"),
+    ("val_fraction = 0.5\ntest_fraction = 0.5", "val_fraction + test_fraction must be below 1"),
+    ('[[heads]]\nname = "tags"\nkind = "multi"\nthreshold = 3',
+     "head 'tags': threshold must be from 0 to 1, not 3"),
+])
+def test_a_config_is_checked_when_it_is_built(tmp_path, capsys, toml, message):
+    (tmp_path / "c.toml").write_text(toml + "\n")
+    code, _, err = run(capsys, "train", "--config", tmp_path / "c.toml", "--output",
+                       tmp_path / "run")
+    assert code == 2 and err.startswith(f"error: {tmp_path / 'c.toml'}: {message}")
+    assert err.count("\n") == 1
+
+
+def test_options_and_template_come_from_the_declarations(tmp_path, tiny_dataset, capsys):
+    from fashionnet.cli import build_parser
+    from fashionnet.config import SETTINGS
+
+    parser = build_parser()
+    train = next(a for a in parser._actions if a.choices and "train" in a.choices).choices["train"]
+    options = {a.dest: a for a in train._actions}
+    assert tuple(options["architecture"].choices) == SETTINGS["architecture"].choices
+    assert SETTINGS["val_fraction"].help in options["val_fraction"].help
+    code, _, err = run(capsys, "init-config", "--dataset", tiny_dataset, "--output",
+                       tmp_path / "f.toml")
+    text = (tmp_path / "f.toml").read_text()
+    assert f"# {SETTINGS['patience'].help}" in text and "precise_bn = true" in text
+    code, _, err = run(capsys, "train", "--dataset", tiny_dataset, "--output", tmp_path / "r",
+                       "--val-fraction", "1.5")
+    assert code == 2 and err.strip() == ("error: val_fraction must be at least 0 and below 1, "
+                                         "not 1.5")
+
+
+# -- 9. classify options ---------------------------------------------------------------------
+
+def test_classify_csv_top_k_and_summary(tiny_bundle, tiny_dataset, capsys):
+    import csv
+    import io
+
+    folder = tiny_dataset / "blue_jeans"
+    code, out, err = run(capsys, "classify", "--model", tiny_bundle.bundle.path, folder,
+                         "--format", "csv", "--top-k", "2", "--batch-size", "4")
+    assert code == 0, err
+    rows = list(csv.reader(io.StringIO(out)))
+    assert rows[0] == ["source", "color", "color_probability", "category",
+                       "category_probability"]
+    assert len(rows) == 7 and all(len(r[1].split("|")) == 2 for r in rows[1:])
+    assert "classified 6 image(s) in " in err and "img/s), backend " in err
+    code, out, err = run(capsys, "classify", "--model", tiny_bundle.bundle.path,
+                         folder / "0000.jpg", "--top-k", "3")
+    assert out.splitlines()[0].count("%)") == 3
+
+
+# -- 11. evaluate keeps an existing report -----------------------------------------------------
+
+def test_evaluate_refuses_to_overwrite_a_report(tiny_bundle, tiny_dataset, tmp_path, capsys):
+    (tmp_path / "rep").mkdir()
+    (tmp_path / "rep" / "report.json").write_text("{}")
+    code, _, err = run(capsys, "evaluate", "--model", tiny_bundle.bundle.path, "--dataset",
+                       tiny_dataset, "--output", tmp_path / "rep")
+    assert code == 2 and "already holds a report" in err and "--overwrite" in err
+    assert (tmp_path / "rep" / "report.json").read_text() == "{}"

@@ -34,27 +34,15 @@ def _config_from_args(args) -> TrainConfig:
     if getattr(args, "preset", None):
         config = config.with_preset(args.preset)
     overrides = {}
-    if args.dataset:
-        overrides["dataset"] = str(args.dataset)
-    for name in ("epochs", "batch_size", "learning_rate", "input_size", "split", "seed", "architecture",
-                 "patience", "separator", "val_fraction", "test_fraction", "label_smoothing",
-                 "recolor", "lr_decay", "bn_momentum", "augment"):
+    for name in _TRAIN_SETTINGS:
         value = getattr(args, name, None)
-        if value is not None:
-            overrides[name] = value
-    if args.holdout:
-        overrides["holdout"] = [c.strip() for c in args.holdout.split(",") if c.strip()]
-    if args.strict:
-        overrides["strict"] = True
-    if args.no_cache:
-        overrides["cache"] = False
-    if args.no_dedupe:
-        overrides["dedupe"] = False
+        if value is None:
+            continue
+        if name == "multi":  # added to the config file's, with or without --heads
+            value = sorted(set(config.multi) | set(value))
+        overrides[name] = str(value) if name == "dataset" else value
     heads = list(config.heads)
-    multi = [n.strip() for n in (args.multi or "").split(",") if n.strip()]
-    if multi:
-        # Honoured with or without --heads: without, the dataset's heads are all kept.
-        overrides["multi"] = sorted(set(config.multi) | set(multi))
+    multi = args.multi or []
     if args.heads:
         heads = [HeadSpec(n.strip(), kind="multi" if n.strip() in multi else "single",
                           branch=default_branch(n.strip()))
@@ -73,51 +61,60 @@ def _config_from_args(args) -> TrainConfig:
         except ValueError:
             raise FashionNetError(f"--loss-weight {item!r}: {weight!r} is not a number") from None
     overrides["heads"] = heads
-    if getattr(args, "allow_outside", False):
-        overrides["allow_outside"] = True
     return config.with_overrides(**overrides)
 
 
+#: TrainConfig settings that are command-line options (all but the manifest column names),
+#: their text, choices and ranges declared once in `fashionnet.config.SETTINGS`.
+_TRAIN_SETTINGS = ("dataset", "multi", "separator", "architecture", "input_size", "epochs",
+                   "batch_size", "learning_rate", "lr_decay", "bn_momentum", "augment",
+                   "recolor", "label_smoothing", "split", "val_fraction", "test_fraction",
+                   "holdout", "seed", "patience", "dedupe", "precise_bn", "calibrate", "strict",
+                   "cache", "allow_outside")
+
+
+def _names(text: str) -> list[str]:
+    return [n.strip() for n in text.split(",") if n.strip()]
+
+
 def _add_train_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--dataset", type=Path,
-                   help="folder with one sub-folder per combination, or a CSV/JSON/JSONL manifest")
-    p.add_argument("--config", type=Path, help="TOML config (see README); flags override it")
-    p.add_argument("--heads", help="head names in folder-name order (default: color,category)")
-    p.add_argument("--multi", help="comma-separated heads that are multi-label (manifests)")
-    p.add_argument("--separator", help="folder-name separator (default: _)")
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--learning-rate", type=float)
-    p.add_argument("--input-size", type=int)
-    p.add_argument("--architecture", choices=["disentangled", "recipe", "gap"],
-                   help="disentangled (default): one-pixel colour head, brightness-blind category "
-                        "branch, trained with recolouring; recipe: the recipe's network and "
-                        "training, exactly; gap: the recipe with global average pooling")
-    p.add_argument("--preset", choices=["quick"],
+    from fashionnet.config import PRESETS
+
+    _add_setting(p, "dataset")
+    p.add_argument("--config", type=Path,
+                   help="TOML config (`fashionnet init-config` writes one); flags override it")
+    p.add_argument("--heads", help="head names in folder-name order, or the manifest columns "
+                                   "to train (default: color,category for folders, every "
+                                   "column of a manifest)")
+    p.add_argument("--preset", choices=list(PRESETS),
                    help="quick: the cheap study protocol (64 px, 12 epochs, cosine schedule)")
-    p.add_argument("--lr-decay", choices=["recipe", "cosine", "none"],
-                   help="recipe: inverse-time per step; cosine: 1-epoch warm-up then cosine")
-    p.add_argument("--bn-momentum", type=float, help="BatchNorm moving-average momentum")
-    p.add_argument("--recolor", type=float, metavar="P",
-                   help="share of training images repainted in another colour, label moved "
-                        "with it (default 0.5 for disentangled, 0 for recipe)")
-    p.add_argument("--split", choices=["standard", "recipe"],
-                   help="standard: train/val/test (default); recipe: 80/20, test used as "
-                        "validation, only to compare with the recipe")
-    p.add_argument("--val-fraction", type=float)
-    p.add_argument("--test-fraction", type=float)
-    p.add_argument("--holdout", help="combinations kept out of training, e.g. red_shirt,blue_jeans")
-    p.add_argument("--seed", type=int)
-    p.add_argument("--patience", type=int, help="stop after N epochs without validation gain")
-    p.add_argument("--augment", action=argparse.BooleanOptionalAction,
-                   help="flips, shifts, brightness/contrast (default: on for disentangled)")
-    p.add_argument("--label-smoothing", type=float)
-    p.add_argument("--loss-weight", action="append", metavar="HEAD=W")
-    p.add_argument("--strict", action="store_true", help="fail on the first unreadable image")
-    p.add_argument("--no-cache", action="store_true", help="do not cache decoded images")
-    p.add_argument("--no-dedupe", action="store_true", help="skip near-duplicate grouping")
-    p.add_argument("--allow-outside", action="store_true",
-                   help="let manifest paths leave the manifest's folder (../, absolute paths)")
+    p.add_argument("--loss-weight", action="append", metavar="HEAD=W",
+                   help="weight of one head's loss (repeatable; default 1.0 each)")
+    for name in _TRAIN_SETTINGS[1:]:
+        _add_setting(p, name)
+
+
+def _add_setting(p: argparse.ArgumentParser, name: str) -> None:
+    """One TrainConfig setting as an option: help, choices and type from its declaration."""
+    from fashionnet.config import SETTINGS, describe_default
+
+    setting = SETTINGS[name]
+    flag = "--" + name.replace("_", "-")
+    default = describe_default(name)
+    text = setting.help + (f" (default: {default})" if default != "none" else "")
+    if setting.kind in (int, float) and setting.range_text():
+        text += f"; {setting.range_text()}"
+    kwargs: dict = {"help": text.replace("%", "%%")}
+    if setting.kind is bool:
+        kwargs["action"] = argparse.BooleanOptionalAction
+    elif setting.kind is list:
+        kwargs.update(type=_names, metavar=setting.metavar)
+    elif setting.choices:
+        kwargs["choices"] = list(setting.choices)
+    else:
+        kwargs.update(type=Path if name == "dataset" else setting.kind,
+                      metavar=setting.metavar)
+    p.add_argument(flag, default=None, **kwargs)
 
 
 def cmd_train(args) -> int:
@@ -125,6 +122,12 @@ def cmd_train(args) -> int:
 
     config = _config_from_args(args)
     require_training("fashionnet train")
+    if not config.dataset:
+        raise FashionNetError("no dataset given: fashionnet train --dataset PHOTOS_OR_MANIFEST "
+                              "(or dataset = ... in --config)")
+    if not Path(config.dataset).exists():  # before the seconds that importing TensorFlow takes
+        raise FashionNetError(f"{config.dataset}: dataset not found (expected a folder or a "
+                              f"manifest)")
     from fashionnet.training import train
 
     result = train(config, args.output, overwrite=args.overwrite,
@@ -153,16 +156,31 @@ def _model_or_default(model: Path | None) -> Path:
 
 
 def cmd_classify(args) -> int:
+    import dataclasses
+    import time
+
     from fashionnet.inference import expand_inputs, load
 
+    if args.top_k < 1 or args.batch_size < 1:
+        raise FashionNetError("--top-k and --batch-size must be at least 1")
+    if args.threshold is not None and not 0.0 <= args.threshold <= 1.0:
+        raise FashionNetError(f"--threshold must be from 0 to 1, not {args.threshold}")
     paths = expand_inputs(args.inputs)
+    started = time.perf_counter()
     predictor = load(_model_or_default(args.model), backend=args.backend)
-    results = predictor.predict_files(paths, strict=args.strict, progress=not args.json)
+    predictor.batch_size = args.batch_size
+    if args.threshold is not None:
+        predictor.heads = [dataclasses.replace(h, threshold=args.threshold) if h.multi else h
+                           for h in predictor.heads]
+    results = predictor.predict_files(paths, strict=args.strict,
+                                      progress=args.format == "text")
+    seconds = time.perf_counter() - started
     failures = written = 0
     if args.annotate:
         from fashionnet.annotate import annotate, output_names
 
         names = output_names(args.inputs, paths)
+    rows = []
     for index, result in enumerate(results):
         if result.error:
             failures += 1
@@ -171,18 +189,53 @@ def cmd_classify(args) -> int:
         if args.annotate:
             annotate(paths[index], result, args.annotate, name=names[index])
             written += 1
-        if args.json:
+        if args.format == "csv":
+            rows.append(_csv_row(result, args.top_k))
+        if args.format != "text":
             continue
         if len(results) > 1:
             print(f"{result.source}")
         for name, head in result.heads.items():
-            print(f"{'  ' if len(results) > 1 else ''}{name}: {head.describe()}")
-    if args.annotate:
-        print(f"wrote {written} annotated image(s) to {args.annotate}", file=sys.stderr)
-    if args.json:
+            print(f"{'  ' if len(results) > 1 else ''}{name}: {_describe(head, args.top_k)}")
+    if args.format == "json":
         # Strict JSON: a non-finite number (NaN, Infinity) is written as null, never as NaN.
         print(json.dumps(_finite([r.to_dict() for r in results]), indent=2, allow_nan=False))
+    elif args.format == "csv":
+        import csv
+
+        writer = csv.writer(sys.stdout, lineterminator="\n")
+        writer.writerow(["source", *(f"{h.name}{suffix}" for h in predictor.heads
+                                     for suffix in ("", "_probability"))])
+        writer.writerows(rows)
+    if args.annotate:
+        print(f"wrote {written} annotated image(s) to {args.annotate}", file=sys.stderr)
+    done = len(results) - failures
+    print(f"classified {done} image(s){f' ({failures} unreadable)' if failures else ''} in "
+          f"{seconds:.2f} s ({done / max(seconds, 1e-9):.1f} img/s), backend "
+          f"{predictor.backend}, {'calibrated' if predictor.temperatures else 'not calibrated'}",
+          file=sys.stderr)
     return 1 if failures == len(results) else 0
+
+
+def _describe(head, top_k: int) -> str:
+    """``red (95.07%)``, or with ``top_k`` the k most likely labels of a single-label head."""
+    if head.multi or top_k == 1:
+        return head.describe()
+    best = sorted(head.probabilities.items(), key=lambda item: -item[1])[:top_k]
+    return ", ".join(f"{label} ({p:.2%})" for label, p in best)
+
+
+def _csv_row(result, top_k: int) -> list[str]:
+    """source, then per head the label(s) and probability(ies), several joined with |."""
+    row = [result.source]
+    for head in result.heads.values():
+        if head.multi:
+            labels, probs = head.label, head.probability
+        else:
+            best = sorted(head.probabilities.items(), key=lambda item: -item[1])[:top_k]
+            labels, probs = [b[0] for b in best], [b[1] for b in best]
+        row += ["|".join(labels), "|".join(f"{p:.6f}" for p in probs)]
+    return row
 
 
 def _finite(value):
@@ -212,6 +265,9 @@ def cmd_evaluate(args) -> int:
     from fashionnet.evaluation import evaluate, summary_table
 
     out = args.output or Path(args.model) / "evaluation"
+    if (out / "report.json").exists() and not args.overwrite:
+        raise FashionNetError(f"{out}: already holds a report; choose another --output or pass "
+                              f"--overwrite")
     report = evaluate(args.model, args.dataset, output=out, subset=args.subset,
                       backend=args.backend, allow_outside=args.allow_outside)
     print(summary_table(report))
@@ -275,71 +331,95 @@ def cmd_serve(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="fashionnet", description="Multi-output image classification (one head per attribute).")
+    parser = _Parser(
+        prog="fashionnet", formatter_class=_HelpFormatter, epilog=EXAMPLES["fashionnet"],
+        description="Multi-output image classification (one head per attribute).")
     parser.add_argument("--version", action="version", version="fashionnet 0.1.0")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("train", help="train a model and write a bundle folder")
     _add_train_options(p)
     p.add_argument("--output", type=Path, required=True, help="bundle folder to create")
     p.add_argument("--overwrite", action="store_true", help="replace an existing bundle")
-    p.add_argument("--quiet", action="store_true", help="one line per epoch, no progress bar")
+    p.add_argument("--quiet", action="store_true", help="no progress bar while decoding")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("classify", help="classify images with a trained bundle")
     p.add_argument("--model", type=Path,
                    help="bundle folder (default: the model shipped with fashionnet)")
     p.add_argument("inputs", nargs="+", help="image files or folders")
-    p.add_argument("--json", action="store_true", help="machine-readable output")
-    p.add_argument("--annotate", type=Path, metavar="OUT_DIR", help="write labelled images here")
+    p.add_argument("--format", choices=["text", "json", "csv"], default="text",
+                   help="text: one line per head; json: every class probability; csv: one row "
+                        "per image")
+    p.add_argument("--json", action="store_const", const="json", dest="format",
+                   help="the same as --format json")
+    p.add_argument("--top-k", type=int, default=1, metavar="K",
+                   help="labels shown per single-label head in text and csv output")
+    p.add_argument("--threshold", type=float, metavar="T",
+                   help="probability over which a multi-label head names a label (default: "
+                        "each head's own, from training)")
+    p.add_argument("--batch-size", type=int, default=64, metavar="N",
+                   help="images per model call")
+    p.add_argument("--annotate", type=Path, metavar="OUT_DIR",
+                   help="write a labelled PNG copy of each image here (the input tree mirrored)")
     p.add_argument("--strict", action="store_true", help="stop at the first unreadable image")
-    p.add_argument("--backend", choices=["auto", "onnx", "keras"], default="auto")
+    p.add_argument("--backend", choices=["auto", "onnx", "keras"], default="auto",
+                   help="auto: model.onnx with onnxruntime when both exist, else Keras")
     p.set_defaults(func=cmd_classify)
 
     p = sub.add_parser("demo", help="train on a generated dataset (no download) and report")
-    p.add_argument("--output", type=Path, default=Path("runs/demo"))
-    p.add_argument("--epochs", type=int, default=None)
+    p.add_argument("--output", type=Path, default=Path("runs/demo"),
+                   help="folder for the generated images and the bundle (replaced)")
+    p.add_argument("--epochs", type=int, default=None, help="training epochs (default: 15)")
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("evaluate", help="per-head, exact-match and seen/unseen report")
-    p.add_argument("--model", type=Path, required=True)
-    p.add_argument("--dataset", type=Path, required=True)
+    p.add_argument("--model", type=Path, required=True, help="bundle folder")
+    p.add_argument("--dataset", type=Path, required=True,
+                   help="folder or manifest, labelled like the training data")
     p.add_argument("--subset", choices=["train", "val", "test"],
                    help="only the images the bundle's run put in this split")
     p.add_argument("--output", type=Path, help="report folder (default: MODEL/evaluation)")
     p.add_argument("--allow-outside", action="store_true",
                    help="manifest paths may leave the manifest's folder")
-    p.add_argument("--backend", choices=["auto", "onnx", "keras"], default="auto")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing report")
+    p.add_argument("--backend", choices=["auto", "onnx", "keras"], default="auto",
+                   help="auto: model.onnx with onnxruntime when both exist, else Keras")
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("study", help="studies; 'compositional' = leave-one-combination-out")
-    p.add_argument("kind", choices=["compositional"])
+    p.add_argument("kind", choices=["compositional"],
+                   help="compositional: leave one combination out, one model per fold")
     _add_train_options(p)
-    p.add_argument("--output", type=Path, default=Path("runs/study"))
+    p.add_argument("--output", type=Path, default=Path("runs/study"),
+                   help="study folder (resumable: finished folds are kept)")
     p.add_argument("--combinations", help="only these folds (default: every feasible one)")
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--quiet", action="store_true", help="no progress bar while decoding")
     p.set_defaults(func=cmd_study)
 
     p = sub.add_parser("init-config", help="write a commented TOML config for a dataset")
-    p.add_argument("--dataset", type=Path, required=True)
-    p.add_argument("--output", type=Path, default=Path("fashionnet.toml"))
-    p.add_argument("--heads")
-    p.add_argument("--multi")
-    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--dataset", type=Path, required=True,
+                   help="folder or manifest whose heads and classes the config lists")
+    p.add_argument("--output", type=Path, default=Path("fashionnet.toml"),
+                   help="the TOML file to write")
+    p.add_argument("--heads", help="head names in folder-name order, or manifest columns")
+    p.add_argument("--multi", help="comma-separated multi-label heads")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing file")
     p.set_defaults(func=cmd_init_config)
 
     p = sub.add_parser("export", help="export a bundle's model (ONNX, SavedModel)")
-    p.add_argument("model", type=Path)
-    p.add_argument("--format", action="append", choices=["onnx", "savedmodel"])
+    p.add_argument("model", type=Path, help="bundle folder; the export is written into it")
+    p.add_argument("--format", action="append", choices=["onnx", "savedmodel"],
+                   help="repeatable (default: onnx)")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("serve", help="HTTP API and web page")
     p.add_argument("--model", type=Path,
                    help="bundle folder (default: the model shipped with fashionnet)")
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on (0.0.0.0: every network interface)")
+    p.add_argument("--port", type=int, default=8000, help="TCP port")
     p.add_argument("--max-bytes", type=int, default=10_000_000, help="bytes per image")
     p.add_argument("--max-request-bytes", type=int, default=64_000_000,
                    help="bytes per request body (a batch)")
@@ -357,9 +437,79 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--read-timeout", type=float, default=15.0,
                    help="seconds a client may stay silent mid-upload (else 408)")
     p.add_argument("--no-access-log", action="store_true", help="no line per request")
-    p.add_argument("--backend", choices=["auto", "onnx", "keras"], default="auto")
+    p.add_argument("--backend", choices=["auto", "onnx", "keras"], default="auto",
+                   help="auto: model.onnx with onnxruntime when both exist, else Keras")
     p.set_defaults(func=cmd_serve)
+    for name, command in sub.choices.items():
+        command.formatter_class = _HelpFormatter
+        command.epilog = EXAMPLES.get(name)
+        command.description = next(a.help for a in sub._choices_actions if a.dest == name)
     return parser
+
+
+#: One or two example lines per command, shown at the end of its --help.
+EXAMPLES = {
+    "fashionnet": "examples:\n  fashionnet demo\n"
+                  "  fashionnet train --dataset photos/ --output runs/mine\n"
+                  "  fashionnet classify --model runs/mine photo.jpg\n"
+                  "  fashionnet COMMAND --help    # options of one command",
+    "train": "examples:\n  fashionnet train --dataset photos/ --output runs/mine\n"
+             "  fashionnet train --dataset labels.csv --multi occasions --output runs/m\n"
+             "  fashionnet train --config fashionnet.toml --epochs 5 --output runs/trial",
+    "classify": "examples:\n  fashionnet classify --model runs/mine photo.jpg\n"
+                "  fashionnet classify --model runs/mine photos/ --format csv > labels.csv",
+    "demo": "example:\n  fashionnet demo --output runs/demo",
+    "evaluate": "example:\n  fashionnet evaluate --model runs/mine --dataset photos/ "
+                "--subset test",
+    "study": "example:\n  fashionnet study compositional --dataset photos/ --preset quick "
+             "--output runs/study",
+    "init-config": "example:\n  fashionnet init-config --dataset labels.csv --multi occasions"
+                   "\n  fashionnet train --config fashionnet.toml --output runs/m",
+    "export": "example:\n  fashionnet export runs/mine    # writes runs/mine/model.onnx",
+    "serve": "example:\n  fashionnet serve --model runs/mine --port 8000    # then open "
+             "http://127.0.0.1:8000/",
+}
+
+
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Examples kept as written; every option's default shown unless its help says it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if ("default" in text or not action.option_strings or action.default is None
+                or action.default is False or action.default == argparse.SUPPRESS):
+            return text
+        return f"{text} (default: %(default)s)"
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, plus a hint when a dataset path is given without --dataset."""
+
+    argv: list[str] = []  # the command line being parsed, set by main
+
+    def error(self, message: str):  # type: ignore[override]
+        super().error(message + _dataset_hint(self))
+
+
+def _dataset_hint(parser: argparse.ArgumentParser) -> str:
+    """``fashionnet train photos/`` -> '; did you mean --dataset photos/?'"""
+    argv = _Parser.argv
+    command = next((a for a in argv if not a.startswith("-")), None)
+    if command not in ("train", "study", "init-config") or any(
+            a == "--dataset" or a.startswith("--dataset=") for a in argv):
+        return ""
+    for action in parser._actions:  # the error may come from the top parser: find the command's
+        if isinstance(action, argparse._SubParsersAction) and command in action.choices:
+            parser = action.choices[command]
+    takes_value = {o for a in parser._actions for o in a.option_strings if a.nargs != 0}
+    tokens = argv[argv.index(command) + 1:]
+    for i, token in enumerate(tokens):
+        if token.startswith("-") or token == "compositional":
+            continue
+        if i and tokens[i - 1] in takes_value:
+            continue
+        return f"; did you mean --dataset {token}?"
+    return ""
 
 
 class _StderrHandler(logging.StreamHandler):
@@ -382,6 +532,7 @@ class _Formatter(logging.Formatter):
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    _Parser.argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
     handler = _StderrHandler()
     handler.setFormatter(_Formatter())

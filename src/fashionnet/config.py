@@ -54,6 +54,142 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
+SPLITS = ("standard", "recipe")
+
+
+@dataclasses.dataclass(frozen=True)
+class Setting:
+    """One TrainConfig field: its type, allowed values and the sentence that explains it.
+
+    Declared once, here; `TrainConfig` checks every value against it when a config is built
+    (from Python, a TOML file or the command line), `fashionnet train --help` and the
+    `init-config` template take their text and choices from it.
+    """
+
+    kind: type  # int, float, bool, str or list (of strings)
+    help: str
+    choices: tuple[str, ...] = ()
+    minimum: float | None = None
+    maximum: float | None = None
+    open_min: bool = False  # minimum itself not allowed
+    open_max: bool = False
+    metavar: str | None = None
+
+    def check(self, name: str, value: Any) -> str | None:
+        """Why ``value`` is not allowed, or None."""
+        if self.kind is bool:
+            ok = isinstance(value, bool)
+        elif self.kind is int:
+            ok = isinstance(value, int) and not isinstance(value, bool)
+        elif self.kind is float:
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        elif self.kind is list:
+            ok = isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value)
+        else:
+            ok = isinstance(value, str)
+        if not ok:
+            wanted = {bool: "true or false", int: "a whole number", float: "a number",
+                      list: "a list of strings", str: "a string"}[self.kind]
+            return f"{name} must be {wanted}, not {value!r}"
+        if self.choices and value not in self.choices:
+            return f"{name} must be one of {', '.join(self.choices)}; not {value!r}"
+        low = self.minimum is not None and (value <= self.minimum if self.open_min
+                                            else value < self.minimum)
+        high = self.maximum is not None and (value >= self.maximum if self.open_max
+                                             else value > self.maximum)
+        if low or high:
+            return f"{name} must be {self.range_text()}, not {value!r}"
+        return None
+
+    def range_text(self) -> str:
+        """``at least 0 and below 1``, ``above 0``, ..."""
+        parts = []
+        if self.minimum is not None:
+            parts.append(f"{'above' if self.open_min else 'at least'} {_number(self.minimum)}")
+        if self.maximum is not None:
+            parts.append(f"{'below' if self.open_max else 'at most'} {_number(self.maximum)}")
+        return " and ".join(parts)
+
+
+def _number(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else str(value)
+
+
+#: Every setting of TrainConfig but ``heads`` (its own tables, see `HeadSpec`).
+SETTINGS: dict[str, Setting] = {
+    "dataset": Setting(str, "folder with one sub-folder per combination (e.g. red_dress/), or a "
+                            "CSV/JSON/JSONL manifest; in a config file, relative to the file",
+                      metavar="PATH"),
+    "multi": Setting(list, "heads that are multi-label (manifest cells like party|work, or "
+                           "JSON lists)", metavar="HEAD,..."),
+    "separator": Setting(str, "what splits a folder name into one label per head",
+                         metavar="SEP"),
+    "multi_separator": Setting(str, "what separates the labels of a multi-label cell"),
+    "path_column": Setting(str, "the manifest column holding each image's path"),
+    "input_size": Setting(int, "images are resized to SIZE x SIZE pixels", minimum=32,
+                          maximum=1024, metavar="SIZE"),
+    "architecture": Setting(str, "disentangled: one-pixel colour head, brightness-blind "
+                                 "category branch, trained with recolouring; recipe: the "
+                                 "recipe's network and training, exactly; gap: the recipe "
+                                 "with global average pooling",
+                            choices=tuple(ARCHITECTURE_DEFAULTS)),
+    "bn_momentum": Setting(float, "BatchNorm moving-average momentum", minimum=0.0,
+                           maximum=1.0, open_min=True, open_max=True, metavar="M"),
+    "epochs": Setting(int, "passes over the training images", minimum=1, metavar="N"),
+    "batch_size": Setting(int, "images per training step", minimum=1, metavar="N"),
+    "learning_rate": Setting(float, "Adam's (peak) learning rate", minimum=0.0, open_min=True,
+                             metavar="LR"),
+    "lr_decay": Setting(str, "recipe: inverse-time per step; cosine: 1-epoch warm-up then "
+                             "cosine to zero; none: constant", choices=LR_DECAYS),
+    "split": Setting(str, "standard: train/validation/test; recipe: 80/20, test used as "
+                          "validation, only to compare with the recipe", choices=SPLITS),
+    "val_fraction": Setting(float, "share of the images for validation (best epoch, "
+                                   "calibration)", minimum=0.0, maximum=1.0, open_max=True,
+                            metavar="F"),
+    "test_fraction": Setting(float, "share of the images for the final test", minimum=0.0,
+                             maximum=1.0, open_max=True, metavar="F"),
+    "seed": Setting(int, "random seed of the split, the shuffling and the weights",
+                    metavar="N"),
+    "dedupe": Setting(bool, "keep near-duplicate images (re-encoded, resized) in one split"),
+    "holdout": Setting(list, "combinations kept out of training (test only), e.g. "
+                             "red_shirt,blue_jeans", metavar="COMBO,..."),
+    "augment": Setting(bool, "flips, shifts, brightness/contrast (never hue)"),
+    "recolor": Setting(float, "share of training images repainted in another colour, label "
+                              "moved with it", minimum=0.0, maximum=1.0, metavar="P"),
+    "label_smoothing": Setting(float, "label smoothing of the single-label losses", minimum=0.0,
+                               maximum=1.0, open_max=True, metavar="E"),
+    "patience": Setting(int, "stop after N epochs without validation gain (0: never)",
+                        minimum=0, metavar="N"),
+    "strict": Setting(bool, "fail on the first unreadable image instead of skipping it"),
+    "allow_outside": Setting(bool, "let manifest paths leave the manifest's folder (../, "
+                                   "absolute paths)"),
+    "cache": Setting(bool, "cache decoded images (~/.cache/fashionnet)"),
+    "calibrate": Setting(bool, "fit per-head temperature scaling on the validation split"),
+    "precise_bn": Setting(bool, "re-estimate BatchNorm statistics on training images after "
+                                "training (and after each early epoch)"),
+}
+
+
+def describe_default(name: str) -> str:
+    """A setting's default as ``--help`` shows it: one value, or one per architecture."""
+    fixed = {f.name: f.default for f in dataclasses.fields(TrainConfig)
+             if f.default is not dataclasses.MISSING}
+    if fixed.get(name) is not None:
+        return _show(fixed[name])
+    if name in ARCHITECTURE_DEFAULTS["recipe"]:
+        by_value: dict[str, list[str]] = {}
+        for arch, values in ARCHITECTURE_DEFAULTS.items():
+            by_value.setdefault(_show(values[name]), []).append(arch)
+        return "; ".join(f"{v} for {', '.join(archs)}" for v, archs in by_value.items())
+    return "none"
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    return str(value) if value != "" else "none"
+
+
 def default_branch(head_name: str) -> str:
     """Colour-like heads get the shallow RGB branch; all others the deep grayscale one."""
     return "color" if head_name.lower().rstrip("s").endswith(("color", "colour")) else "gray"
@@ -93,28 +229,29 @@ class TrainConfig:
     precise_bn: bool = True  # re-estimate BatchNorm statistics on training images after training
 
     def __post_init__(self) -> None:
+        if isinstance(self.dataset, os.PathLike):
+            self.dataset = os.fspath(self.dataset)
         if self.multi and self.heads:
             # --multi names heads whether or not they are listed: a listed one becomes multi.
             self.heads = [dataclasses.replace(h, kind="multi") if h.name in self.multi else h
                           for h in self.heads]
-        if self.architecture not in ARCHITECTURE_DEFAULTS:
-            raise FashionNetError(f"architecture must be one of {list(ARCHITECTURE_DEFAULTS)}, "
-                                  f"not {self.architecture!r}")
+        problem = SETTINGS["architecture"].check("architecture", self.architecture)
+        if problem:
+            raise FashionNetError(problem)
         self._from_architecture = set()
         for name, value in ARCHITECTURE_DEFAULTS[self.architecture].items():
             if getattr(self, name) is None:
                 setattr(self, name, value)
                 self._from_architecture.add(name)
-        if not 0.0 <= self.recolor <= 1.0:
-            raise FashionNetError(f"recolor must be between 0 and 1, not {self.recolor}")
-        if not 0.0 < self.bn_momentum < 1.0:
-            raise FashionNetError(f"bn_momentum must be between 0 and 1, not {self.bn_momentum}")
-        if self.epochs < 1 or self.batch_size < 1:
-            raise FashionNetError("epochs and batch_size must be at least 1")
-        if self.input_size < 32:
-            raise FashionNetError(f"input_size {self.input_size} is too small (minimum 32)")
-        if self.lr_decay not in LR_DECAYS:
-            raise FashionNetError(f"lr_decay must be one of {LR_DECAYS}, not {self.lr_decay!r}")
+        for name, setting in SETTINGS.items():
+            problem = setting.check(name, getattr(self, name))
+            if problem:
+                raise FashionNetError(problem)
+        if self.split == "standard" and self.val_fraction + self.test_fraction >= 1.0:
+            raise FashionNetError(f"val_fraction + test_fraction must be below 1 (no training "
+                                  f"images left), not {self.val_fraction} + {self.test_fraction}")
+        if not all(isinstance(h, HeadSpec) for h in self.heads):
+            raise FashionNetError("heads must be HeadSpec objects (or [[heads]] tables)")
 
     def with_overrides(self, **changes: Any) -> TrainConfig:
         """A copy with ``changes``; a new architecture brings its own defaults for the settings
@@ -156,12 +293,18 @@ class TrainConfig:
         unknown = set(data) - known
         if unknown:
             raise FashionNetError(f"{where}: unknown setting(s) {sorted(unknown)}")
-        heads = [HeadSpec.from_dict(
-            {"branch": default_branch(h.get("name", "")), **h}, where)
-            for h in data.pop("heads", [])]
+        try:
+            heads = [HeadSpec.from_dict(
+                {"branch": default_branch(h.get("name", "")), **h}, where)
+                for h in data.pop("heads", [])]
+        except FashionNetError as exc:
+            text = str(exc)
+            raise FashionNetError(text if text.startswith(where) else f"{where}: {text}") from None
+        except (AttributeError, TypeError):
+            raise FashionNetError(f"{where}: heads must be [[heads]] tables") from None
         try:
             return cls(heads=heads, **data)
-        except TypeError as exc:
+        except (TypeError, FashionNetError) as exc:
             raise FashionNetError(f"{where}: {exc}") from None
 
     @classmethod

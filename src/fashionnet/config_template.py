@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import os
+import textwrap
 from collections import Counter
 from pathlib import Path
 
-from fashionnet.config import TrainConfig, default_branch
+from fashionnet.config import SETTINGS, TrainConfig, default_branch
 from fashionnet.data.sources import read_dataset
 from fashionnet.errors import FashionNetError
 
@@ -18,30 +19,26 @@ def render_config(dataset: str | Path, heads: str | None = None, multi: str | No
     names = [h.strip() for h in heads.split(",")] if heads else None
     multi_heads = [h.strip() for h in multi.split(",")] if multi else []
     records, found = read_dataset(dataset, names, multi_heads)
-    d = TrainConfig()
     lines = [
         "# FashionNet training config: `fashionnet train --config THIS_FILE --output RUN_DIR`.",
         "# Command-line flags override these values. architecture = \"recipe\" reproduces the",
         "# Keras recipe exactly (96 px, 50 epochs, its schedule, no augmentation). The settings",
         "# commented out below follow the architecture unless you set them; shown: its default.",
-        "# dataset: relative to this file's folder",
-        f"dataset = {toml_string(dataset_text or str(dataset))}",
-        f'architecture = "{d.architecture}"   # disentangled | recipe | gap',
-        f"# input_size = {d.input_size}        # images are resized to input_size x input_size",
-        f"# epochs = {d.epochs}",
-        f"batch_size = {d.batch_size}",
-        f"learning_rate = {d.learning_rate}  # Adam",
-        f'# lr_decay = "{d.lr_decay}"  # "cosine": warm-up + cosine; "recipe": lr/(1 + lr/epochs*step)',
-        f"# bn_momentum = {d.bn_momentum}",
-        f'split = "{d.split}"       # "standard": train/val/test; "recipe": 80/20 as the recipe',
-        f"val_fraction = {d.val_fraction}",
-        f"test_fraction = {d.test_fraction}",
-        f"seed = {d.seed}",
-        "holdout = []            # combinations kept out of training, e.g. [\"red_shirt\"]",
-        f"# augment = {str(d.augment).lower()}         # flips, shifts, brightness/contrast (never hue)",
-        f"# recolor = {d.recolor}  # share of training images repainted in another colour (label too)",
-        "patience = 0            # stop after N epochs without validation gain (0: never)",
-        f'multi_separator = "{d.multi_separator}"   # between labels of a multi-label cell',
+        "# Each comment is the setting's --help text (one declaration for both).",
+    ]
+    d = TrainConfig()
+    for name in TEMPLATE_SETTINGS:
+        setting = SETTINGS[name]
+        value = (dataset_text or str(dataset)) if name == "dataset" else getattr(d, name)
+        note = setting.help
+        if setting.choices:
+            note += f" (one of: {' | '.join(setting.choices)})"
+        elif setting.kind in (int, float) and setting.range_text():
+            note += f" ({setting.range_text()})"
+        lines += [""] + [f"# {line}" for line in textwrap.wrap(note, 88)]
+        commented = "# " if name in d._from_architecture else ""
+        lines.append(f"{commented}{name} = {toml_value(value)}")
+    lines += [
         "",
         "# One [[heads]] table per output, in this order. kind: single | multi;",
         "# branch: gray (deep, no colour) | color (shallow, RGB) | shared (deep, RGB);",
@@ -65,6 +62,23 @@ def render_config(dataset: str | Path, heads: str | None = None, multi: str | No
         if name in multi_heads:
             lines.append("threshold = 0.5")
     return "\n".join(lines) + "\n"
+
+
+#: The settings the template writes, in this order (the others keep their defaults).
+TEMPLATE_SETTINGS = ("dataset", "architecture", "input_size", "epochs", "batch_size",
+                     "learning_rate", "lr_decay", "bn_momentum", "split", "val_fraction",
+                     "test_fraction", "seed", "holdout", "augment", "recolor", "label_smoothing",
+                     "patience", "precise_bn", "multi_separator")
+
+
+def toml_value(value) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(toml_string(str(v)) for v in value) + "]"
+    return toml_string(str(value))
 
 
 def toml_string(text: str) -> str:

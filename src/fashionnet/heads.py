@@ -37,7 +37,7 @@ class HeadSpec:
     threshold: float = 0.5
 
     def __post_init__(self) -> None:
-        if not self.name.isidentifier():
+        if not isinstance(self.name, str) or not self.name.isidentifier():
             raise FashionNetError(f"head name {self.name!r} must be a Python identifier")
         if self.kind not in KINDS:
             raise FashionNetError(f"head {self.name!r}: kind must be one of {KINDS}, not {self.kind!r}")
@@ -45,8 +45,16 @@ class HeadSpec:
             raise FashionNetError(
                 f"head {self.name!r}: branch must be one of {BRANCHES}, not {self.branch!r}"
             )
-        if self.loss_weight < 0:
-            raise FashionNetError(f"head {self.name!r}: loss_weight must be >= 0")
+        for field, low, high in (("loss_weight", 0.0, None), ("focal_gamma", 0.0, None),
+                                 ("threshold", 0.0, 1.0)):
+            value = getattr(self, field)
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise FashionNetError(f"head {self.name!r}: {field} must be a number, "
+                                      f"not {value!r}")
+            if value < low or (high is not None and value > high):
+                allowed = f"from {low:g} to {high:g}" if high is not None else f"at least {low:g}"
+                raise FashionNetError(f"head {self.name!r}: {field} must be {allowed}, "
+                                      f"not {value!r}")
         if len(set(self.classes)) != len(self.classes):
             raise FashionNetError(f"head {self.name!r}: duplicate classes in {self.classes}")
 
