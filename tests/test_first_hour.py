@@ -373,3 +373,23 @@ def test_evaluate_refuses_to_overwrite_a_report(tiny_bundle, tiny_dataset, tmp_p
                        tiny_dataset, "--output", tmp_path / "rep")
     assert code == 2 and "already holds a report" in err and "--overwrite" in err
     assert (tmp_path / "rep" / "report.json").read_text() == "{}"
+
+
+def test_report_md_explains_ece_links_pngs_and_says_swaps_in_words():
+    from fashionnet.data.sources import Record
+    from fashionnet.evaluation import render_markdown, report_from_probabilities
+    from fashionnet.heads import HeadSpec
+
+    heads = [HeadSpec("color", ["black", "red"]), HeadSpec("category", ["dress", "shoes"])]
+    records = [Record("a", {"color": "red", "category": "dress"}),
+               Record("b", {"color": "black", "category": "shoes"}),
+               Record("c", {"color": "red", "category": "shoes"})]
+    color = np.array([[.1, .9], [.8, .2], [.7, .3]])
+    category = np.array([[.9, .1], [.1, .9], [.2, .8]])
+    text = render_markdown(report_from_probabilities(heads, records, [color, category],
+                                                     ["red_dress", "black_shoes"]))
+    assert "ECE (expected calibration error): how far" in text
+    assert "![color confusion matrix](confusion_color.png)" in text
+    assert ("partner swaps: 1 of 1 images of unseen combinations were called a combination "
+            "seen in training (color wrong in 1).") in text
+    assert "{" not in text

@@ -215,6 +215,11 @@ def render_markdown(report: dict) -> str:
     for name, h in report["heads"].items():
         lines.append(f"| {name} | {percent(h['accuracy'])} | {percent(h.get('macro_f1'))} | "
                      f"{percent(h.get('ece_uncalibrated'))} | {percent(h.get('ece'))} |")
+    lines += ["", "ECE (expected calibration error): how far the confidence the model states is "
+              "from how often it is right, averaged over confidence bins (0% = a prediction "
+              "made with 80% confidence is right 80% of the time). \"Before calibration\" is "
+              "the raw softmax, \"after\" with the temperature fitted on the validation "
+              "split."]
     lines += ["", f"**Exact match** (all heads right): {percent(report['exact_match'])}"]
     if report.get("partner_swaps", {}).get("unseen_rows"):
         lo, hi = report["unseen_exact_match_ci95"]
@@ -223,8 +228,7 @@ def render_markdown(report: dict) -> str:
                   f"- unseen combinations exact match: {percent(report['unseen_exact_match'])} "
                   f"(95% CI {percent(lo)} to {percent(hi)})",
                   f"- harmonic mean: {percent(report['harmonic_mean'])}",
-                  f"- partner swaps on unseen rows: {swaps['total']} of {swaps['unseen_rows']} "
-                  f"{swaps['by_head']}"]
+                  f"- partner swaps: {swaps_sentence(swaps)}"]
     lines += ["", "| combination | seen | count | exact match | "
               + " | ".join(head_names) + " |",
               "| --- | --- | --- | --- | " + " | ".join("---" for _ in head_names) + " |"]
@@ -233,12 +237,26 @@ def render_markdown(report: dict) -> str:
         lines.append(f"| {combo} | {seen} | {c['count']} | {percent(c['exact_match'])} | "
                      + " | ".join(percent(c["heads"][n]) for n in head_names) + " |")
     for name, h in report["heads"].items():
-        lines += ["", f"## {name}", "", "| class | precision | recall | F1 | support |",
+        lines += ["", f"## {name}", ""]
+        if h.get("confusion_matrix") is not None:
+            lines += [f"![{name} confusion matrix](confusion_{name}.png) (rows: true class, "
+                      f"columns: predicted)", ""]
+        lines += ["| class | precision | recall | F1 | support |",
                   "| --- | --- | --- | --- | --- |"]
         for cls, m in h["classes"].items():
             lines.append(f"| {cls} | {percent(m['precision'])} | {percent(m['recall'])} | "
                          f"{percent(m['f1'])} | {m['support']} |")
     return "\n".join(lines) + "\n"
+
+
+def swaps_sentence(swaps: dict) -> str:
+    """``12 of 40 unseen images were called a combination seen in training (colour wrong in 10,
+    category wrong in 2)``."""
+    text = (f"{swaps['total']} of {swaps['unseen_rows']} images of unseen combinations were "
+            f"called a combination seen in training")
+    if swaps.get("by_head"):
+        text += " (" + ", ".join(f"{head} wrong in {n}" for head, n in swaps["by_head"].items()) + ")"
+    return text + "."
 
 
 def summary_table(report: dict) -> str:
