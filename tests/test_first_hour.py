@@ -393,3 +393,22 @@ def test_report_md_explains_ece_links_pngs_and_says_swaps_in_words():
     assert ("partner swaps: 1 of 1 images of unseen combinations were called a combination "
             "seen in training (color wrong in 1).") in text
     assert "{" not in text
+
+
+# -- 8. training output ----------------------------------------------------------------------
+
+def test_training_prints_one_short_line_per_epoch(tiny_dataset, tmp_path, capsys):
+    code, out, err = run(capsys, "train", "--dataset", tiny_dataset, "--output", tmp_path / "r",
+                         "--epochs", "2", "--input-size", "32", "--no-cache")
+    assert code == 0, err
+    text = out + err
+    assert "\x1b" not in text and "\r" not in text
+    epochs = [line for line in err.splitlines() if line.startswith("epoch ")]
+    assert [line.split()[1] for line in epochs] == ["1/2", "2/2"]
+    assert all(len(line) < 160 and "val exact" in line and "color " in line for line in epochs)
+    assert "96 images: 6" in err and "to train" in err and "to test" in err
+    assert "testing, calibrating and saving" in err
+    from PIL import Image
+
+    with Image.open(tmp_path / "r" / "accuracy.png") as im:  # color, category, exact match
+        assert im.height == round(2.6 * 3 * 90)

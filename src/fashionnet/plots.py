@@ -18,11 +18,15 @@ def _pyplot():
 
 
 def plot_history(history: dict[str, list[float]], head_names: Sequence[str],
-                 out_dir: str | Path) -> list[Path]:
-    """``losses.png``: total then per-head loss (stacked); ``accuracy.png``: one panel per head.
+                 out_dir: str | Path, best_epoch: int | None = None) -> list[Path]:
+    """``losses.png``: total then per-head loss (stacked); ``accuracy.png``: one panel per head,
+    then validation exact match when it was scored.
 
-    Train curves are solid, validation dashed.
+    Train curves are solid, validation dashed; epochs are whole numbers from 1; ``best_epoch``
+    (1-based, the one the bundle keeps) is marked with a dotted line.
     """
+    from matplotlib.ticker import MaxNLocator
+
     plt = _pyplot()
     out_dir = Path(out_dir)
     epochs = np.arange(1, len(history.get("loss", [])) + 1)
@@ -30,8 +34,9 @@ def plot_history(history: dict[str, list[float]], head_names: Sequence[str],
     for filename, keys, titles in (
         ("losses.png", ["loss"] + [f"{h}_output_loss" for h in head_names],
          ["total loss"] + [f"{h} loss" for h in head_names]),
-        ("accuracy.png", [f"{h}_output_accuracy" for h in head_names],
-         [f"{h} accuracy" for h in head_names]),
+        ("accuracy.png", [f"{h}_output_accuracy" for h in head_names]
+         + (["exact_match"] if "val_exact_match" in history else []),
+         [f"{h} accuracy" for h in head_names] + ["exact match (all heads right)"]),
     ):
         fig, axes = plt.subplots(len(keys), 1, figsize=(8, 2.6 * len(keys)), squeeze=False)
         for ax, key, title in zip(axes[:, 0], keys, titles):
@@ -39,8 +44,12 @@ def plot_history(history: dict[str, list[float]], head_names: Sequence[str],
                 ax.plot(epochs, history[key], label="train")
             if f"val_{key}" in history:
                 ax.plot(epochs, history[f"val_{key}"], "--", label="validation")
+            if best_epoch is not None:
+                ax.axvline(best_epoch, color="gray", linestyle=":",
+                           label=f"kept: epoch {best_epoch}")
             ax.set_title(title)
             ax.set_xlabel("epoch")
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             ax.grid(alpha=0.3)
             ax.legend(loc="best")
         fig.tight_layout()

@@ -285,6 +285,57 @@ class BestEpoch(keras.callbacks.Callback):
             self.model.set_weights(self.best_weights)
 
 
+class EpochLine(keras.callbacks.Callback):
+    """One short line per epoch through the ``fashionnet`` logger (no progress bar, no ANSI):
+
+    ``epoch 3/30  loss 0.912 (val 1.104)  color 97.2% (val 95.0%)  category 88.1% (val 84.0%)
+    val exact 80.2%  14.1 s``
+    """
+
+    def __init__(self, heads: Sequence[HeadSpec], epochs: int):
+        super().__init__()
+        self.heads, self.epochs = heads, epochs
+        self.started = time.perf_counter()
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.started = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        log.info("%s", epoch_line(epoch, self.epochs, self.heads, logs or {},
+                                  time.perf_counter() - self.started))
+
+
+def epoch_line(epoch: int, epochs: int, heads: Sequence[HeadSpec], logs: dict,
+               seconds: float) -> str:
+    def pair(key: str, fmt) -> str:
+        text = fmt(logs[key]) if key in logs else "?"
+        return f"{text} (val {fmt(logs['val_' + key])})" if f"val_{key}" in logs else text
+
+    parts = [f"epoch {epoch + 1}/{epochs}", "loss " + pair("loss", lambda v: f"{float(v):.3f}")]
+    for head in heads:
+        parts.append(f"{head.name} " + pair(f"{head.output_name}_accuracy",
+                                            lambda v: f"{100 * float(v):.1f}%"))
+    if "val_exact_match" in logs:
+        parts.append(f"val exact {100 * float(logs['val_exact_match']):.1f}%")
+    parts.append(f"{seconds:.1f} s")
+    return "  ".join(parts)
+
+
+def split_sentence(split: Split) -> str:
+    """The split as a sentence: ``2518 images: 1762 to train, 251 to validate, 505 to test
+    (101 near-duplicate groups kept together)``."""
+    total = len(split.train) + len(split.val) + len(split.test)
+    if split.mode == "recipe":
+        text = (f"{total} images: {len(split.train)} to train, {len(split.test)} to test, the "
+                f"test images also validate (the recipe's 80/20 split)")
+    else:
+        text = (f"{total} images: {len(split.train)} to train, {len(split.val)} to validate, "
+                f"{len(split.test)} to test")
+    if split.duplicate_groups:
+        text += f" ({split.duplicate_groups} near-duplicate groups kept in one split each)"
+    return text
+
+
 def train(config: TrainConfig, output: str | Path, *, overwrite: bool = False,
           verbose: int | str = "auto", data: Dataset | None = None) -> TrainResult:
     """Train on ``config.dataset`` and write a bundle at ``output`` (atomically)."""
@@ -294,10 +345,10 @@ def train(config: TrainConfig, output: str | Path, *, overwrite: bool = False,
         raise FashionNetError(f"{output}: already exists; choose another --output or "
                               f"pass --overwrite")
     keras.utils.set_random_seed(config.seed)
-    data = data or load_dataset(config, progress=verbose != 0)
+    data = data or load_dataset(config, progress=verbose not in (0, 2))
     heads = data.heads
     split = split_dataset(data, config)
-    log.info("split: %s", split.summary())
+    log.info("%s", split_sentence(split))
     targets = {name: data.targets(getattr(split, name)) for name in ("train", "val", "test")}
     images = {name: data.images[getattr(split, name)] for name in ("train", "val", "test")}
     has_val = split.mode == "standard" and len(split.val) > 0
@@ -316,11 +367,17 @@ def train(config: TrainConfig, output: str | Path, *, overwrite: bool = False,
                      batch_size=config.batch_size, momentum=config.bn_momentum,
                      steps_per_epoch=steps_per_epoch)
     callbacks = [best] if len(split.val) else []
+    lines = [EpochLine(heads, config.epochs)] if verbose != 0 else []
     started = time.perf_counter()
     # shuffle=False: the batches shuffle themselves (Keras ignores it for datasets anyway).
+    # verbose=0: Keras's own progress lines are hundreds of characters with ANSI escapes;
+    # EpochLine writes one readable line per epoch instead.
     history = model.fit(train_batches, validation_data=val_batches, epochs=config.epochs,
-                        shuffle=False, callbacks=callbacks, verbose=verbose)
+                        shuffle=False, callbacks=callbacks + lines, verbose=0)
     fit_seconds = time.perf_counter() - started
+    if verbose != 0:
+        log.info("trained in %.0f s; now re-estimating BatchNorm statistics, testing, "
+                 "calibrating and saving the bundle", fit_seconds)
     if config.precise_bn:
         precise_batchnorm(model, images["train"], config.batch_size, seed=config.seed)
     epochs_run = len(history.history.get("loss", []))
@@ -373,7 +430,8 @@ def train(config: TrainConfig, output: str | Path, *, overwrite: bool = False,
             **{name: [relative_key(data.records[i].path, root) for i in getattr(split, name)]
                for name in ("train", "val", "test")}})
         _write_history(tmp / "history.csv", hist)
-        plot_history(hist, [h.name for h in heads], tmp)
+        plot_history(hist, [h.name for h in heads], tmp,
+                     best_epoch=metrics["best_epoch"] if has_val else None)
     return TrainResult(bundle, metrics, split)
 
 
