@@ -1,12 +1,16 @@
 """Speed benchmarks: ours against a faithful re-implementation of the recipe's way.
 
-    python benchmarks/bench.py --model runs/recipe [--repeats 3]
+    python benchmarks/bench.py --model runs/default [--repeats 3]
 
 Rows (median of --repeats runs, side by side in one run): first load of the full-size sample,
 cached reload of the 2,518-image dataset, training images/s and peak memory, cold start of a
-one-photo classify in a new process, warm latency, and classify-a-folder throughput. Writes
-results/benchmarks.{md,json}. Needs ../shared/datasets and a bundle exported to ONNX
-(`fashionnet export MODEL`).
+one-photo classify in a new process, warm latency, and classify-a-folder throughput. The
+training rows run each side in a fresh process, alternating recipe / ours --repeats times, and
+report min / median / max: the recipe network at 96 px fed float64 arrays, against the default
+configuration (architecture, input size, augmentation, recolouring) through our pipeline.
+The recipe column of the latency rows uses an (untrained) recipe network: speed does not depend
+on the weights. Writes results/benchmarks.{md,json}. Needs ../shared/datasets and a bundle
+exported to ONNX (`fashionnet export MODEL`).
 """
 
 from __future__ import annotations
@@ -57,38 +61,41 @@ def recipe_load(paths: list[Path], size: int = 96) -> np.ndarray:
     return np.array(data, dtype="float") / 255.0
 
 
-def ours_load(paths: list[Path], cache: bool) -> np.ndarray:
+def ours_load(paths: list[Path], cache: bool, size: int = 96) -> np.ndarray:
     from fashionnet.data.images import decode_many
 
-    return decode_many(paths, 96, progress=False, cache=cache).images
+    return decode_many(paths, size, progress=False, cache=cache).images
 
 
 def child_train(kind: str, n: int) -> dict:
     """Train ``n`` timed batches with the whole dataset in memory, the recipe's way or ours."""
     import keras
 
+    from fashionnet.config import TrainConfig
     from fashionnet.data.pipeline import batches
     from fashionnet.data.sources import read_folders
     from fashionnet.heads import HeadSpec, encode_targets
     from fashionnet.model.fashionnet import build_model
-    from fashionnet.model.layers import HeadAccuracy, HeadLoss
+    from fashionnet.training import compile_model, recoloring
 
     records = read_folders(FASHION)  # the whole dataset in memory, as the recipe holds it
     heads = [HeadSpec("color", ["black", "blue", "red"], branch="color"),
              HeadSpec("category", ["dress", "jeans", "shirt", "shoes"])]
     targets = encode_targets(records, heads)
-    model = build_model(heads)
     if kind == "recipe":
+        model = build_model(heads, 96, "recipe")
         x = recipe_load([r.path for r in records])  # float64, as the recipe holds it
         model.compile(optimizer="adam", loss="categorical_crossentropy",
                       metrics={h.output_name: ["accuracy"] for h in heads})
         fit = lambda steps: model.fit(x, targets, batch_size=32, epochs=1,  # noqa: E731
                                       steps_per_epoch=steps, verbose=0)
     else:
-        images = ours_load([r.path for r in records], cache=True)
-        model.compile(optimizer="adam", loss={h.output_name: HeadLoss() for h in heads},
-                      metrics={h.output_name: [HeadAccuracy()] for h in heads})
-        data = batches(images, targets, 32, shuffle=True, augment=True)
+        config = TrainConfig(dataset=str(FASHION))  # the defaults `fashionnet train` uses
+        model = build_model(heads, config.input_size, config.architecture, config.bn_momentum)
+        images = ours_load([r.path for r in records], cache=True, size=config.input_size)
+        compile_model(model, heads, config, targets, steps_per_epoch=len(images) // 32)
+        data = batches(images, targets, 32, shuffle=True, augment=config.augment,
+                       recolor=recoloring(heads, config))
         fit = lambda steps: model.fit(data, epochs=1, steps_per_epoch=steps,  # noqa: E731
                                       verbose=0)
     fit(5)  # warm-up: graph tracing
@@ -98,6 +105,23 @@ def child_train(kind: str, n: int) -> dict:
             "keras_backend": keras.backend.backend()}
 
 
+def spread(values: list[float]) -> dict:
+    return {"min": min(values), "median": statistics.median(values), "max": max(values),
+            "runs": len(values)}
+
+
+def recipe_bundle_model(folder: Path) -> Path:
+    """An untrained recipe network saved as model.keras, for the recipe's latency rows."""
+    from fashionnet.heads import HeadSpec
+    from fashionnet.model.fashionnet import build_model
+
+    model = build_model([HeadSpec("color", ["black", "blue", "red"], branch="color"),
+                         HeadSpec("category", ["dress", "jeans", "shirt", "shoes"])],
+                        96, "recipe")
+    model.save(folder / "model.keras")
+    return folder
+
+
 def in_child(*args: str) -> dict:
     out = subprocess.run([sys.executable, __file__, "--child", *args], capture_output=True,
                          text=True, check=True, cwd=ROOT)
@@ -105,6 +129,7 @@ def in_child(*args: str) -> dict:
 
 
 def cold_start_recipe(model: Path, photo: Path) -> float:
+    """TensorFlow import, model load, full decode + resize, model.predict: the recipe's classify."""
     code = f"""
 import os; os.environ['TF_CPP_MIN_LOG_LEVEL'] = '3'
 import numpy as np, tensorflow as tf, keras
@@ -127,33 +152,45 @@ def cold_start_ours(model: Path, photo: Path) -> float:
     return time.perf_counter() - start
 
 
-def warm(model: Path, photo: Path, repeats: int) -> dict:
+def warm(model: Path, recipe_model: Path, photo: Path, repeats: int) -> dict:
+    import keras
+
     from fashionnet.inference import load
 
     onnx = load(model, backend="onnx")
-    keras_predictor = load(model, backend="keras")
-    image = onnx.decode(photo)[None]
+    recipe = keras.saving.load_model(recipe_model / "model.keras", compile=False)
+    recipe_image = recipe_load([photo]).astype(np.float32)
     data = photo.read_bytes()
     out = {}
-    for name, predictor in (("onnx", onnx), ("keras", keras_predictor)):
-        for _ in range(20):
-            predictor.predict_probabilities(image)
-        model_only, with_decode = [], []
-        for _ in range(200):
-            t = time.perf_counter()
-            predictor.predict_probabilities(image)
-            model_only.append(time.perf_counter() - t)
-            t = time.perf_counter()
-            predictor.predict_arrays(predictor.decode(data)[None])
-            with_decode.append(time.perf_counter() - t)
-        out[name] = {"model_ms": 1000 * statistics.median(model_only),
-                     "decode_and_model_ms": 1000 * statistics.median(with_decode)}
+    for _ in range(20):
+        onnx.predict_probabilities(onnx.decode(photo)[None])
+        recipe(recipe_image, training=False)
+    timings: dict[str, list[float]] = {k: [] for k in ("onnx", "onnx_decode", "recipe",
+                                                       "recipe_decode")}
+    image = onnx.decode(photo)[None]
+    for _ in range(200):  # interleaved, so both sides see the same machine state
+        t = time.perf_counter()
+        onnx.predict_probabilities(image)
+        timings["onnx"].append(time.perf_counter() - t)
+        t = time.perf_counter()
+        onnx.predict_arrays(onnx.decode(data)[None])
+        timings["onnx_decode"].append(time.perf_counter() - t)
+        t = time.perf_counter()
+        recipe(recipe_image, training=False)
+        timings["recipe"].append(time.perf_counter() - t)
+        t = time.perf_counter()
+        recipe(recipe_load([photo]).astype(np.float32), training=False)
+        timings["recipe_decode"].append(time.perf_counter() - t)
+    out["onnx"] = {"model_ms": 1000 * statistics.median(timings["onnx"]),
+                   "decode_and_model_ms": 1000 * statistics.median(timings["onnx_decode"])}
+    out["keras"] = {"model_ms": 1000 * statistics.median(timings["recipe"]),
+                    "decode_and_model_ms": 1000 * statistics.median(timings["recipe_decode"])}
     paths = files(FASHION)
     out["folder_images_per_second"] = len(paths) / timed(
         lambda: onnx.predict_files(paths), max(1, repeats - 1))
     out["recipe_folder_images_per_second"] = 200 / timed(
-        lambda: [keras_predictor.runner.model.predict(
-            recipe_load([p]).astype(np.float32), verbose=0) for p in paths[:200]], 1)
+        lambda: [recipe.predict(recipe_load([p]).astype(np.float32), verbose=0)
+                 for p in paths[:200]], 1)
     return out
 
 
@@ -173,10 +210,10 @@ def main() -> int:
         raise SystemExit(f"{args.model}: export it first: fashionnet export {args.model}")
     rows = []
 
-    def row(name, recipe, ours, unit, better="higher"):
+    def row(name, recipe, ours, unit, better="higher", spread=None):
         ratio = ours / recipe if better == "higher" else recipe / ours
         rows.append({"row": name, "recipe": recipe, "ours": ours, "unit": unit,
-                     "speedup": ratio})
+                     "speedup": ratio, "spread": spread})
         print(f"{name:45} recipe {recipe:10.3f}  ours {ours:10.3f} {unit:8} x{ratio:.2f}",
               flush=True)
 
@@ -191,20 +228,25 @@ def main() -> int:
     row(f"second load, fashion dataset ({len(everything)} images, cached)",
         timed(lambda: recipe_load(everything), 1),
         timed(lambda: ours_load(everything, cache=True), args.repeats), "s", "lower")
-    recipe_train = in_child("recipe", str(args.train_steps))
-    ours_train = in_child("ours", str(args.train_steps))
+    runs: dict[str, list[dict]] = {"recipe": [], "ours": []}
+    for _ in range(args.repeats):  # interleaved: recipe, ours, recipe, ours, ...
+        for kind in ("recipe", "ours"):
+            runs[kind].append(in_child(kind, str(args.train_steps)))
     shutil.rmtree(cache, ignore_errors=True)
-    row("training images/s (ours with augmentation)", recipe_train["images_per_second"],
-        ours_train["images_per_second"], "img/s")
-    row(f"training peak memory ({len(everything)} images in memory)", recipe_train["peak_rss_mb"],
-        ours_train["peak_rss_mb"], "MB", "lower")
+    speed = {k: spread([r["images_per_second"] for r in v]) for k, v in runs.items()}
+    memory = {k: spread([r["peak_rss_mb"] for r in v]) for k, v in runs.items()}
+    row("training images/s (recipe 96 px vs default config)", speed["recipe"]["median"],
+        speed["ours"]["median"], "img/s", spread=speed)
+    row(f"training peak memory ({len(everything)} images in memory)",
+        memory["recipe"]["median"], memory["ours"]["median"], "MB", "lower", spread=memory)
     photo = sorted((FULLSIZE / "red_dress").iterdir())[0]
+    recipe_model = recipe_bundle_model(Path(tempfile.mkdtemp()))
     row("cold start: new process -> printed answer",
-        statistics.median(cold_start_recipe(args.model, photo) for _ in range(args.repeats)),
+        statistics.median(cold_start_recipe(recipe_model, photo) for _ in range(args.repeats)),
         statistics.median(cold_start_ours(args.model, photo) for _ in range(args.repeats)),
         "s", "lower")
     small = sorted((FASHION / "red_dress").iterdir())[0]
-    w = warm(args.model, small, args.repeats)
+    w = warm(args.model, recipe_model, small, args.repeats)
     row("warm latency, model only (batch 1)", w["keras"]["model_ms"], w["onnx"]["model_ms"],
         "ms", "lower")
     row("warm latency, decode 256px JPEG + model", w["keras"]["decode_and_model_ms"],
@@ -225,12 +267,19 @@ def main() -> int:
              "medians. Recipe: full decode + resize per file, float64 arrays, Keras "
              "`model.fit` on in-memory arrays, TensorFlow import + `model.predict` per image "
              "(cold start and folder rows); in the warm-latency rows the recipe column is the "
-             "same Keras model called in-process, ours is ONNX Runtime.",
+             "recipe network called in-process (Keras), ours is ONNX Runtime on the bundle.",
              "", "| measure | recipe | ours | unit | ours vs recipe |",
              "| --- | --- | --- | --- | --- |"]
     for r in rows:
         lines.append(f"| {r['row']} | {r['recipe']:.3f} | {r['ours']:.3f} | {r['unit']} | "
                      f"{r['speedup']:.2f}x |")
+    lines += ["", "Training rows, each side in a fresh process, alternated "
+              f"{args.repeats} times (min / median / max):", "",
+              "| measure | side | min | median | max |", "| --- | --- | --- | --- | --- |"]
+    for r in rows:
+        for side, s in (r["spread"] or {}).items():
+            lines.append(f"| {r['row']} | {side} | {s['min']:.1f} | {s['median']:.1f} | "
+                         f"{s['max']:.1f} |")
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
     return 0
 

@@ -1,0 +1,72 @@
+"""The bundle shipped inside the package: `classify` and `serve` work without --model."""
+
+import json
+
+import numpy as np
+from PIL import Image
+
+from fashionnet.cli import main
+from fashionnet.default_model import default_model_path
+from fashionnet.inference import load
+
+
+def _garment(path, rgb):
+    """A garment-like blob of one colour on a white backdrop."""
+    image = np.full((96, 96, 3), 255, np.uint8)
+    yy, xx = np.mgrid[:96, :96]
+    inside = ((yy - 48) / 36) ** 2 + ((xx - 48) / 22) ** 2 < 1
+    shade = 0.85 + 0.15 * np.sin(yy / 5.0)[..., None]
+    image[inside] = (np.array(rgb) * shade[inside]).astype(np.uint8)
+    Image.fromarray(image).save(path)
+    return path
+
+
+def test_shipped_bundle_is_small_and_complete():
+    folder = default_model_path()
+    assert (folder / "labels.json").is_file() and (folder / "model.onnx").is_file()
+    assert sum(p.stat().st_size for p in folder.iterdir() if p.is_file()) < 6_000_000
+    metrics = json.loads((folder / "metrics.json").read_text())
+    assert metrics["test"]["count"] > 0
+
+
+def test_shipped_model_names_plain_colours(tmp_path):
+    predictor = load(default_model_path())
+    assert predictor.runner.__class__.__name__.lower().startswith("onnx")
+    for name, rgb in (("red", (200, 25, 30)), ("blue", (30, 60, 170)), ("black", (35, 35, 38))):
+        result = predictor.predict_files([_garment(tmp_path / f"{name}.png", rgb)])[0]
+        assert result.error is None
+        assert result.heads["color"].label == name, (name, result.heads["color"])
+
+
+def test_classify_without_model_uses_the_shipped_bundle(tmp_path, capsys):
+    photo = _garment(tmp_path / "red.png", (200, 25, 30))
+    assert main(["classify", str(photo), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out[0]["heads"]["color"]["label"] == "red"
+    assert set(out[0]["heads"]) == {"color", "category"}
+
+
+def test_model_option_still_overrides(tmp_path, capsys):
+    photo = _garment(tmp_path / "red.png", (200, 25, 30))
+    assert main(["classify", "--model", str(tmp_path / "nope"), str(photo)]) == 2
+    assert "nope" in capsys.readouterr().err
+
+
+def test_serve_without_model_serves_the_shipped_bundle(tmp_path, monkeypatch):
+    import pytest
+
+    pytest.importorskip("fastapi")
+    from fastapi.testclient import TestClient
+
+    from fashionnet import cli
+    from fashionnet.server import app as server_app
+
+    served = {}
+    monkeypatch.setattr(server_app, "serve", lambda model, **kw: served.setdefault("model", model))
+    assert cli.main(["serve"]) == 0
+    assert served["model"] == default_model_path()
+    with TestClient(server_app.create_app(served["model"])) as client:
+        photo = _garment(tmp_path / "blue.png", (30, 60, 170)).read_bytes()
+        reply = client.post("/v1/predict", files={"file": ("blue.png", photo, "image/png")})
+        assert reply.status_code == 200
+        assert reply.json()["heads"]["color"]["label"] == "blue"
