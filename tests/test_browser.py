@@ -74,3 +74,32 @@ def test_upload_shows_each_heads_labels(server_url, tiny_dataset):
         assert (ARTIFACTS / "web_page.png").stat().st_size > 1000
     finally:
         driver.quit()
+
+
+def test_page_states_busy_error_and_model(server_url, tmp_path):
+    """No broken image before the first upload; an unreadable file shows an error and no
+    stale result; the model's heads and version are shown."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--window-size=390,844"):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(DRIVER), options=options)
+    try:
+        driver.get(server_url + "/")
+        WebDriverWait(driver, 20).until(lambda d: "model " in d.find_element(By.ID, "model").text)
+        assert not driver.find_element(By.ID, "preview").is_displayed()
+        assert not driver.find_element(By.ID, "busy").is_displayed()
+        bad = tmp_path / "bad.jpg"
+        bad.write_text("not an image")
+        driver.find_element(By.ID, "file").send_keys(str(bad))
+        WebDriverWait(driver, 30).until(
+            lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-failed") == "1")
+        assert "not an image" in driver.find_element(By.ID, "error").text
+        assert not driver.find_element(By.ID, "result").is_displayed()
+    finally:
+        driver.quit()

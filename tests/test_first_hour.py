@@ -412,3 +412,23 @@ def test_training_prints_one_short_line_per_epoch(tiny_dataset, tmp_path, capsys
 
     with Image.open(tmp_path / "r" / "accuracy.png") as im:  # color, category, exact match
         assert im.height == round(2.6 * 3 * 90)
+
+
+# -- 10. the web page and /docs --------------------------------------------------------------
+
+def test_openapi_describes_the_uploads(tiny_bundle):
+    pytest.importorskip("fastapi")
+    from fastapi.testclient import TestClient
+
+    from fashionnet.server.app import create_app
+
+    client = TestClient(create_app(tiny_bundle.bundle.path, backend="keras"))
+    paths = client.get("/openapi.json").json()["paths"]
+    one = paths["/v1/predict"]["post"]["requestBody"]["content"]
+    assert one["multipart/form-data"]["schema"]["properties"]["file"]["format"] == "binary"
+    assert one["image/jpeg"]["schema"]["format"] == "binary"
+    many = paths["/v1/predict/batch"]["post"]["requestBody"]["content"]["multipart/form-data"]
+    assert many["schema"]["properties"]["files"]["items"]["format"] == "binary"
+    # the page: a busy indicator, and a failed upload clears the previous result
+    page = client.get("/").text
+    assert 'id="busy"' in page and "clearResult();" in page

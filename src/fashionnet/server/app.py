@@ -233,7 +233,8 @@ def create_app(model: str | Path | Predictor, *, max_bytes: int = 10_000_000,
     async def _gone(_, exc):
         return Response(status_code=499)  # nginx's "client closed request": nobody reads it
 
-    @app.post("/v1/predict", summary="Classify one image (multipart `file` or raw body)")
+    @app.post("/v1/predict", summary="Classify one image (multipart `file` or raw body)",
+              openapi_extra=_upload_schema("file", many=False))
     async def predict(request: Request) -> dict:
         result = (await guarded(request, "file", many=False))[0]
         if isinstance(result, tuple):
@@ -242,7 +243,8 @@ def create_app(model: str | Path | Predictor, *, max_bytes: int = 10_000_000,
             raise ApiError(500, result["error"])
         return result
 
-    @app.post("/v1/predict/batch", summary="Classify several images (multipart `files`)")
+    @app.post("/v1/predict/batch", summary="Classify several images (multipart `files`)",
+              openapi_extra=_upload_schema("files", many=True))
     async def predict_batch(request: Request) -> dict:
         results = await guarded(request, "files", many=True)
         return {"results": [{"source": r[0], "error": r[1].message} if isinstance(r, tuple)
@@ -317,6 +319,19 @@ class AccessLog:
             access_log.info("%s %s %d %.1f ms in=%d out=%d", scope.get("method", "?"),
                             scope.get("path", "?"), seen["status"] or 500,
                             1000 * (time.perf_counter() - started), seen["in"], seen["out"])
+
+
+def _upload_schema(field: str, many: bool) -> dict:
+    """The request body the handlers read themselves (streamed, with limits), described for
+    OpenAPI, so that /docs shows a file picker and "Try it out" sends the image."""
+    binary = {"type": "string", "format": "binary"}
+    multipart = {"type": "object", "required": [field], "properties": {
+        field: {"type": "array", "items": binary} if many else binary}}
+    content = {"multipart/form-data": {"schema": multipart}}
+    if not many:
+        for kind in ("image/jpeg", "image/png", "application/octet-stream"):
+            content[kind] = {"schema": binary}
+    return {"requestBody": {"required": True, "content": content}}
 
 
 def serve(model: str | Path, host: str = "127.0.0.1", port: int = 8000, *,
