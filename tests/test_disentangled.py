@@ -143,7 +143,8 @@ def test_architecture_brings_its_own_defaults_unless_given():
     assert default.lr_decay == "cosine" and default.augment
     recipe = default.with_overrides(holdout=["x"]).with_overrides(architecture="recipe")
     assert (recipe.epochs, recipe.lr_decay, recipe.augment, recipe.recolor,
-            recipe.bn_momentum) == (50, "recipe", False, 0.0, 0.99)
+            recipe.bn_momentum, recipe.precise_bn, recipe.input_size) == (50, "recipe", False,
+                                                                          0.0, 0.99, False, 96)
     assert recipe.holdout == ["x"]
     quick = TrainConfig().with_preset("quick").with_overrides(architecture="recipe")
     assert (quick.epochs, quick.input_size, quick.lr_decay, quick.augment) == (12, 64, "cosine",

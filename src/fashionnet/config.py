@@ -38,11 +38,11 @@ else:  # pragma: no cover
 #: augmentation and counterfactual recolouring, and a faster BatchNorm average (fewer steps).
 ARCHITECTURE_DEFAULTS: dict[str, dict[str, Any]] = {
     "recipe": {"input_size": 96, "epochs": 50, "lr_decay": "recipe", "augment": False,
-               "bn_momentum": 0.99, "recolor": 0.0},
+               "bn_momentum": 0.99, "recolor": 0.0, "precise_bn": False},
     "gap": {"input_size": 96, "epochs": 50, "lr_decay": "recipe", "augment": False,
-            "bn_momentum": 0.99, "recolor": 0.0},
+            "bn_momentum": 0.99, "recolor": 0.0, "precise_bn": False},
     "disentangled": {"input_size": 64, "epochs": 30, "lr_decay": "cosine", "augment": True,
-                     "bn_momentum": 0.9, "recolor": 0.5},
+                     "bn_momentum": 0.9, "recolor": 0.5, "precise_bn": True},
 }
 LR_DECAYS = ("recipe", "cosine", "none")
 
@@ -226,7 +226,7 @@ class TrainConfig:
     allow_outside: bool = False  # manifest paths may leave the manifest's folder
     cache: bool = True
     calibrate: bool = True
-    precise_bn: bool = True  # re-estimate BatchNorm statistics on training images after training
+    precise_bn: bool | None = None  # re-estimate BatchNorm statistics after training
 
     def __post_init__(self) -> None:
         if isinstance(self.dataset, os.PathLike):
