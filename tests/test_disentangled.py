@@ -147,8 +147,8 @@ def test_architecture_brings_its_own_defaults_unless_given():
                                                                           0.0, 0.99, False, 96)
     assert recipe.holdout == ["x"]
     quick = TrainConfig().with_preset("quick").with_overrides(architecture="recipe")
-    assert (quick.epochs, quick.input_size, quick.lr_decay, quick.augment) == (12, 64, "cosine",
-                                                                                False)
+    assert (quick.epochs, quick.input_size, quick.lr_decay, quick.augment,
+            quick.precise_bn) == (12, 64, "cosine", False, True)
     with pytest.raises(FashionNetError, match="architecture"):
         TrainConfig(architecture="resnet")
     with pytest.raises(FashionNetError, match="recolor"):
