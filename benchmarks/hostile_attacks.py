@@ -56,25 +56,11 @@ def png16(width: int, height: int) -> bytes:
 
 
 def corrupt_avif() -> bytes | None:
-    buf = io.BytesIO()
-    try:
-        Image.new("RGB", (64, 64), (200, 0, 0)).save(buf, "AVIF")
-    except (KeyError, OSError):
-        return None
-    data = buf.getvalue()
-    rng = np.random.default_rng(0)
-    for _ in range(2000):
-        mutated = bytearray(data)
-        for _ in range(3):
-            mutated[int(rng.integers(0, len(mutated)))] = int(rng.integers(0, 256))
-        try:
-            with Image.open(io.BytesIO(bytes(mutated)), formats=["AVIF"]) as im:
-                im.load()
-        except RuntimeError:
-            return bytes(mutated)
-        except Exception:
-            continue
-    return None
+    """The adversarial suite's damaged AVIF (one generator for the tests and this script)."""
+    sys.path.insert(0, str(ROOT))
+    from tests.test_hostile import corrupt_avif_raising_runtime_error
+
+    return corrupt_avif_raising_runtime_error()
 
 
 # --- the server -------------------------------------------------------------------------------
