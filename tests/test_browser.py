@@ -1,4 +1,5 @@
-"""End to end in headless Chromium: open the page, upload a photo, read the labels shown.
+"""End to end in headless Chromium: open the page, upload a photo, read the labels shown; and
+`/docs` with every host but 127.0.0.1 unreachable, where "Try it out" sends a photo.
 
 Skips cleanly when Chromium, chromedriver or selenium is absent. The screenshot is kept in
 ``test-artifacts/`` (a test artifact; ignored by git).
@@ -19,6 +20,21 @@ DRIVER = shutil.which("chromedriver")
 pytestmark = pytest.mark.skipif(not (CHROMIUM and DRIVER), reason="chromium/chromedriver absent")
 
 ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
+FLAGS = ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync")
+#: No name resolves except 127.0.0.1: a page that needs a CDN cannot load it.
+OFFLINE = '--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1'
+
+
+def chrome(window="390,844", *extra):
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in (*FLAGS, f"--window-size={window}", *extra):
+        options.add_argument(flag)
+    return webdriver.Chrome(service=Service(DRIVER), options=options)
 
 
 @pytest.fixture(scope="module")
@@ -44,18 +60,10 @@ def server_url(tiny_bundle):
 
 
 def test_upload_shows_each_heads_labels(server_url, tiny_dataset):
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic",
-                 "--no-first-run", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--window-size=390,844"):
-        options.add_argument(flag)
-    driver = webdriver.Chrome(service=Service(DRIVER), options=options)
+    driver = chrome()
     try:
         driver.get(server_url + "/")
         WebDriverWait(driver, 20).until(
@@ -79,16 +87,10 @@ def test_upload_shows_each_heads_labels(server_url, tiny_dataset):
 def test_page_states_busy_error_and_model(server_url, tmp_path):
     """No broken image before the first upload; an unreadable file shows an error and no
     stale result; the model's heads and version are shown."""
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--window-size=390,844"):
-        options.add_argument(flag)
-    driver = webdriver.Chrome(service=Service(DRIVER), options=options)
+    driver = chrome()
     try:
         driver.get(server_url + "/")
         WebDriverWait(driver, 20).until(lambda d: "model " in d.find_element(By.ID, "model").text)
@@ -101,5 +103,41 @@ def test_page_states_busy_error_and_model(server_url, tmp_path):
             lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-failed") == "1")
         assert "not an image" in driver.find_element(By.ID, "error").text
         assert not driver.find_element(By.ID, "result").is_displayed()
+    finally:
+        driver.quit()
+
+
+def test_docs_work_offline_and_try_it_out_sends_a_file(server_url, tiny_dataset):
+    """/docs renders with the network closed to all but the server, every resource it loads
+    comes from the server, and "Try it out" on POST /v1/predict offers a file input that
+    sends the photo and gets the labels back."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    driver = chrome("1280,1000", OFFLINE)
+    try:
+        driver.get(server_url + "/docs")
+        path = WebDriverWait(driver, 30).until(lambda d: d.find_element(
+            By.CSS_SELECTOR, '.opblock-post .opblock-summary-path[data-path="/v1/predict"]'))
+        resources = driver.execute_script(
+            "return performance.getEntriesByType('resource').map((e) => e.name)")
+        assert any(r.endswith("/swagger-ui-bundle.js") for r in resources), resources
+        assert [r for r in resources if not r.startswith(server_url + "/")] == []
+        block = path.find_element(By.XPATH, "ancestor::div[contains(@class, 'opblock-post')]")
+        path.click()
+        WebDriverWait(driver, 10).until(
+            lambda d: block.find_element(By.CSS_SELECTOR, ".try-out__btn")).click()
+        upload = WebDriverWait(driver, 10).until(
+            lambda d: block.find_element(By.CSS_SELECTOR, 'input[type="file"]'))
+        upload.send_keys(str(sorted((tiny_dataset / "red_dress").iterdir())[0]))
+        block.find_element(By.CSS_SELECTOR, ".execute").click()
+        status = WebDriverWait(driver, 30).until(lambda d: block.find_element(
+            By.CSS_SELECTOR, ".live-responses-table .response .response-col_status"))
+        assert status.text.strip() == "200"
+        body = block.find_element(By.CSS_SELECTOR,
+                                  ".live-responses-table .response .response-col_description")
+        assert '"color"' in body.text and '"category"' in body.text
+        ARTIFACTS.mkdir(exist_ok=True)
+        driver.save_screenshot(str(ARTIFACTS / "docs_page.png"))
     finally:
         driver.quit()

@@ -64,6 +64,30 @@ def test_model_health_and_openapi(client):
     assert "http" not in page.text.split("<script>")[0].replace("http-equiv", "")
 
 
+
+@pytest.mark.parametrize("page", ["/docs", "/redoc"])
+def test_docs_pages_load_nothing_from_outside_the_server(client, page):
+    import re
+
+    html = client.get(page)
+    assert html.status_code == 200
+    urls = re.findall(r"""(?:src|href|url)\s*[=:(]\s*['"]([^'"]+)['"]""", html.text)
+    assert urls and all(u.startswith("/") and not u.startswith("//") for u in urls), urls
+    assert not re.search(r"https?://|//cdn|jsdelivr|unpkg|googleapis", html.text)
+    for url in urls:
+        asset = client.get(url)
+        assert asset.status_code == 200 and asset.content, url
+    assert any(u.endswith(".js") for u in urls)
+    if page == "/docs":
+        assert "validatorUrl" in html.text and "/openapi.json" in urls
+
+
+def test_openapi_describes_the_upload_as_a_file(client):
+    body = client.get("/openapi.json").json()["paths"]["/v1/predict"]["post"]["requestBody"]
+    form = body["content"]["multipart/form-data"]["schema"]
+    assert form["required"] == ["file"]
+    assert form["properties"]["file"] == {"type": "string", "format": "binary"}
+
 @pytest.mark.parametrize("kwargs,status,message", [
     ({"files": {"file": ("x.txt", b"hello", "text/plain")}}, 400, "not an image"),
     ({"files": {"file": ("t.jpg", jpeg()[:200], "image/jpeg")}}, 400, "t.jpg"),

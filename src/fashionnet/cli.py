@@ -314,7 +314,8 @@ def cmd_export(args) -> int:
 def cmd_serve(args) -> int:
     from fashionnet.extras import require
 
-    require("fashionnet serve", "serve", "fastapi", "uvicorn", "python_multipart|multipart")
+    require("fashionnet serve", "serve", "fastapi", "uvicorn", "python_multipart|multipart",
+            "fastapi_offline")
     from fashionnet.server.app import serve
 
     for name in ("max_bytes", "max_request_bytes", "max_buffered_bytes", "max_pixels",

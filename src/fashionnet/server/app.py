@@ -5,6 +5,8 @@
     GET  /v1/model          heads, classes, input size, metrics, bundle version, limits
     GET  /healthz           ok once a real prediction succeeded at start-up
     GET  /                  the web page
+    GET  /docs, /redoc      the API documentation, offline: Swagger UI and ReDoc are served from
+                            the installed `fastapi-offline` package, never from a CDN
 
 Every bad input gets a 4xx JSON ``{"error": ...}``; unexpected failures a 500 without a trace.
 
@@ -30,9 +32,11 @@ from pathlib import Path
 import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
+from starlette.staticfiles import StaticFiles
 
 from fashionnet.data.images import ImageDecodeError, ImageTooLargeError
 from fashionnet.errors import FashionNetError
@@ -41,6 +45,9 @@ from fashionnet.server.uploads import ByteBudget, Reader, UploadError, read_mult
 
 log = logging.getLogger("fashionnet.server")
 access_log = logging.getLogger("fashionnet.access")
+
+#: Where the Swagger UI and ReDoc files of the `fastapi-offline` package are mounted.
+DOCS_ASSETS = "/docs-assets"
 
 #: A 96-pixel model needs nothing near 64 M pixels; 16 M covers 12-16 MP phone photos.
 SERVER_MAX_PIXELS = 16_000_000
@@ -134,7 +141,7 @@ def create_app(model: str | Path | Predictor, *, max_bytes: int = 10_000_000,
     model_lock = threading.Lock() if predictor.backend == "keras" else None
     pool = WorkerPool(limits.workers, limits.queue, limits.request_timeout)
     budget = ByteBudget(limits.max_buffered_bytes)
-    app = FastAPI(title="FashionNet", version="0.1.0",
+    app = FastAPI(title="FashionNet", version="0.1.0", docs_url=None, redoc_url=None,
                   description="Multi-output image classification: one label set per head.")
     app.state.predictor = predictor
     app.state.limits = limits
@@ -274,9 +281,36 @@ def create_app(model: str | Path | Predictor, *, max_bytes: int = 10_000_000,
     def index() -> str:
         return page
 
+    _add_offline_docs(app)
     if access_log_enabled:
         app.add_middleware(AccessLog)
     return app
+
+
+def _add_offline_docs(app: FastAPI) -> None:
+    """/docs (Swagger UI) and /redoc from files in an installed package, so that they work
+    without internet access: FastAPI's own pages load their scripts, styles and favicon from
+    CDNs, and Swagger UI would ask validator.swagger.io to check the schema."""
+    app.mount(DOCS_ASSETS, StaticFiles(packages=[("fastapi_offline", "static")]),
+              name="docs-assets")
+
+    @app.get("/docs", include_in_schema=False)
+    def swagger_ui(request: Request) -> HTMLResponse:
+        root = request.scope.get("root_path", "")
+        return get_swagger_ui_html(
+            openapi_url=root + app.openapi_url, title=f"{app.title} - Swagger UI",
+            swagger_js_url=f"{root}{DOCS_ASSETS}/swagger-ui-bundle.js",
+            swagger_css_url=f"{root}{DOCS_ASSETS}/swagger-ui.css",
+            swagger_favicon_url=f"{root}{DOCS_ASSETS}/favicon.png",
+            swagger_ui_parameters={"validatorUrl": None})
+
+    @app.get("/redoc", include_in_schema=False)
+    def redoc(request: Request) -> HTMLResponse:
+        root = request.scope.get("root_path", "")
+        return get_redoc_html(
+            openapi_url=root + app.openapi_url, title=f"{app.title} - ReDoc",
+            redoc_js_url=f"{root}{DOCS_ASSETS}/redoc.standalone.js",
+            redoc_favicon_url=f"{root}{DOCS_ASSETS}/favicon.png", with_google_fonts=False)
 
 
 class _Disconnected(Exception):
