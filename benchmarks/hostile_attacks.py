@@ -164,16 +164,11 @@ def _read_response(s: socket.socket) -> tuple[int, bytes]:
 
 
 def multipart_pieces(parts, boundary="B0undary", chunk=1 << 20):
-    for field, filename, size in parts:
-        yield (f"--{boundary}\r\nContent-Disposition: form-data; name=\"{field}\"; "
-               f"filename=\"{filename}\"\r\nContent-Type: image/jpeg\r\n\r\n").encode()
-        left = size
-        while left > 0:
-            n = min(chunk, left)
-            yield b"\xff" * n
-            left -= n
-        yield b"\r\n"
-    yield f"--{boundary}--\r\n".encode()
+    """The adversarial suite's lazy multipart body (one generator for the tests and this script)."""
+    sys.path.insert(0, str(ROOT))
+    from tests.test_hostile import multipart_stream
+
+    return multipart_stream(parts, boundary, chunk)
 
 
 MP = "multipart/form-data; boundary=B0undary"
