@@ -54,7 +54,8 @@ def require(what: str, extra: str, *modules: str) -> None:
     """Raise a one-line FashionNetError naming the extra when a module is missing."""
     absent = missing(*modules)
     if absent:
-        raise FashionNetError(f"{what} needs {', '.join(absent)}, which is not installed: "
+        verb = "is" if len(absent) == 1 else "are"
+        raise FashionNetError(f"{what} needs {', '.join(absent)}, which {verb} not installed: "
                               f'pip install "fashionnet[{extra}]"')
 
 
