@@ -164,3 +164,29 @@ def test_cosine_schedule_warms_up_then_decays_to_zero():
     rates = [float(schedule(step)) for step in (0, 10, 20, 100, 199)]
     assert rates[0] < rates[1] < rates[2] == pytest.approx(1e-3)
     assert rates[3] < rates[2] and rates[4] < 1e-5
+
+
+def test_training_batches_carry_recoloured_images_and_moved_labels():
+    """Through `batches` (tf.data on TensorFlow): pixels and colour labels change together,
+    the other head's labels stay."""
+    from fashionnet.data.pipeline import batches
+    from fashionnet.data.recolor import Recoloring
+
+    images = np.stack([_garment(color=(200, 30, 30))] * 8)
+    color = np.zeros((8, 3), np.float32)
+    color[:, 2] = 1.0
+    category = np.zeros((8, 4), np.float32)
+    category[:, 1] = 1.0
+    plan = RecolorPlan.for_classes(["black", "blue", "red"])
+    data = batches(images, {"color_output": color, "category_output": category}, 8,
+                   recolor=Recoloring("color_output", plan, 1.0))
+    x, y = next(iter(data))
+    x, moved = np.asarray(x), np.asarray(y["color_output"])
+    assert (moved.argmax(axis=1) != 2).all()
+    np.testing.assert_array_equal(np.asarray(y["category_output"]), category)
+    for image, label in zip(x, moved):
+        garment = image[8:24, 10:22].reshape(-1, 3).mean(axis=0) * 255
+        if label.argmax() == 1:
+            assert abs(_hue(garment) - 218) < 25
+        else:
+            assert garment.max() < 0.45 * 255
