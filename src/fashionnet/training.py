@@ -359,9 +359,8 @@ def train(config: TrainConfig, output: str | Path, *, overwrite: bool = False,
                             recolor=recoloring(heads, config))
     val_batches = (batches(images["val"], targets["val"], config.batch_size)
                    if len(split.val) else None)
-    compile_model(model, heads, config, targets["train"],
-                  steps_per_epoch=math.ceil(len(split.train) / config.batch_size))
     steps_per_epoch = math.ceil(len(split.train) / config.batch_size)
+    compile_model(model, heads, config, targets["train"], steps_per_epoch=steps_per_epoch)
     best = BestEpoch(heads, images["val"], targets["val"], config.patience, restore=has_val,
                      refresh=images["train"] if config.precise_bn else None,
                      batch_size=config.batch_size, momentum=config.bn_momentum,
