@@ -257,6 +257,10 @@ class TrainConfig:
         if not all(isinstance(h, HeadSpec) for h in self.heads):
             raise FashionNetError("heads must be HeadSpec objects (or [[heads]] tables)")
 
+    def follows_architecture(self, name: str) -> bool:
+        """True when setting ``name`` was not given and took the architecture's default."""
+        return name in self._from_architecture
+
     def with_overrides(self, **changes: Any) -> TrainConfig:
         """A copy with ``changes``; a new architecture brings its own defaults for the settings
         that were not given explicitly."""

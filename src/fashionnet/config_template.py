@@ -36,7 +36,7 @@ def render_config(dataset: str | Path, heads: str | None = None, multi: str | No
         elif setting.kind in (int, float) and setting.range_text():
             note += f" ({setting.range_text()})"
         lines += [""] + [f"# {line}" for line in textwrap.wrap(note, 88)]
-        commented = "# " if name in d._from_architecture else ""
+        commented = "# " if d.follows_architecture(name) else ""
         lines.append(f"{commented}{name} = {toml_value(value)}")
     lines += [
         "",
