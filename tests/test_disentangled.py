@@ -40,9 +40,11 @@ def test_colour_head_is_blind_to_shape():
     image = _garment().astype(np.float32) / 255
     image[8:24, 10:22] += rng.uniform(-0.2, 0.2, (16, 12, 3)).astype(np.float32)
     image = np.clip(image, 0, 1)
-    inner = image[1:-1, 1:-1].reshape(-1, 3)
+    # The head sees 2x2 block averages: move whole blocks, keep the border ring (the backdrop).
+    blocks = image[2:-2, 2:-2].reshape(14, 2, 14, 2, 3).transpose(0, 2, 1, 3, 4).reshape(-1, 2, 2, 3)
+    blocks = blocks[rng.permutation(len(blocks))]
     shuffled = image.copy()
-    shuffled[1:-1, 1:-1] = inner[rng.permutation(len(inner))].reshape(30, 30, 3)
+    shuffled[2:-2, 2:-2] = blocks.reshape(14, 14, 2, 2, 3).transpose(0, 2, 1, 3, 4).reshape(28, 28, 3)
     a = model(image[None], training=False)
     b = model(shuffled[None], training=False)
     np.testing.assert_allclose(np.asarray(a[0]), np.asarray(b[0]), atol=1e-5)
