@@ -61,3 +61,8 @@ def require(what: str, extra: str, *modules: str) -> None:
 
 def require_training(what: str) -> None:
     require(what, "train", *keras_modules(), "matplotlib")
+
+
+def require_cluster(what: str) -> None:
+    """Ray (Data and Train) and its Arrow/pandas stack: only the cluster commands need them."""
+    require(what, "cluster", "ray", "pyarrow", "pandas")

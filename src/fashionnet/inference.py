@@ -77,7 +77,8 @@ class Predictor:
     """A loaded bundle, ready to classify. ``backend``: auto (ONNX if possible), onnx, keras."""
 
     def __init__(self, bundle: Bundle, backend: str = "auto", calibrated: bool = True,
-                 batch_size: int = 64, max_pixels: int = DEFAULT_MAX_PIXELS):
+                 batch_size: int = 64, max_pixels: int = DEFAULT_MAX_PIXELS,
+                 threads: int | None = None):
         if backend not in BACKENDS:
             raise FashionNetError(f"backend must be one of {BACKENDS}, not {backend!r}")
         self.bundle = bundle
@@ -92,7 +93,9 @@ class Predictor:
             if not bundle.onnx_path.is_file():
                 raise FashionNetError(f"{bundle.onnx_path}: missing; run `fashionnet export "
                                       f"{bundle.path}` first")
-            self.runner: Runner = OnnxRunner(bundle.onnx_path, outputs)
+            # threads: a process that shares its machine (a Ray actor per core) caps ONNX
+            # Runtime's pool, which otherwise takes every core.
+            self.runner: Runner = OnnxRunner(bundle.onnx_path, outputs, threads=threads)
         else:
             if not bundle.keras_path.is_file():
                 raise FashionNetError(f"{bundle.keras_path}: missing from the bundle")
@@ -244,9 +247,10 @@ def _chunks(items: list, size: int, progress: bool) -> Iterator[list]:
         bar.close()
 
 
-def load(path: str | Path, backend: str = "auto", calibrated: bool = True) -> Predictor:
-    """Load a bundle folder into a `Predictor`."""
-    return Predictor(load_bundle(path), backend=backend, calibrated=calibrated)
+def load(path: str | Path, backend: str = "auto", calibrated: bool = True,
+         threads: int | None = None) -> Predictor:
+    """Load a bundle folder into a `Predictor` (``threads``: ONNX Runtime's, default all cores)."""
+    return Predictor(load_bundle(path), backend=backend, calibrated=calibrated, threads=threads)
 
 
 def expand_inputs(inputs: Sequence[str | Path]) -> list[Path]:

@@ -12,7 +12,7 @@ import dataclasses
 import logging
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import keras
@@ -336,8 +336,15 @@ def split_sentence(split: Split) -> str:
     return text
 
 
+#: Lets a distributed runner (`fashionnet.cluster.training`) resume and checkpoint a run:
+#: called with the compiled model and the BestEpoch callback (None without validation), it
+#: returns the epoch to start from and extra callbacks for `model.fit`.
+FitHook = Callable[[keras.Model, "BestEpoch | None"], "tuple[int, list]"]
+
+
 def train(config: TrainConfig, output: str | Path, *, overwrite: bool = False,
-          verbose: int | str = "auto", data: Dataset | None = None) -> TrainResult:
+          verbose: int | str = "auto", data: Dataset | None = None,
+          fit_hook: FitHook | None = None) -> TrainResult:
     """Train on ``config.dataset`` and write a bundle at ``output`` (atomically)."""
     output = Path(output)
     recover(output)  # a bundle set aside by a killed --overwrite comes back first
@@ -371,8 +378,10 @@ def train(config: TrainConfig, output: str | Path, *, overwrite: bool = False,
     # shuffle=False: the batches shuffle themselves (Keras ignores it for datasets anyway).
     # verbose=0: Keras's own progress lines are hundreds of characters with ANSI escapes;
     # EpochLine writes one readable line per epoch instead.
+    first_epoch, extra = fit_hook(model, best if callbacks else None) if fit_hook else (0, [])
     history = model.fit(train_batches, validation_data=val_batches, epochs=config.epochs,
-                        shuffle=False, callbacks=callbacks + lines, verbose=0)
+                        shuffle=False, callbacks=callbacks + lines + extra, verbose=0,
+                        initial_epoch=first_epoch)
     fit_seconds = time.perf_counter() - started
     if verbose != 0:
         log.info("trained in %.0f s; now re-estimating BatchNorm statistics, testing, "

@@ -22,6 +22,9 @@ log = logging.getLogger("fashionnet")
 
 DEFAULT_HEADS = ("color", "category")
 MANIFEST_SUFFIXES = (".csv", ".json", ".jsonl")
+#: A manifest column that is never a head: a non-empty cell (other than 0/false/no) leaves the
+#: row out, so a `fashionnet doctor` report can be fed back without deleting any image.
+EXCLUDE_COLUMN = "exclude"
 #: What counts as an image file inside a folder, for training and classify alike (the decoder
 #: still sniffs the content: a .jpg that is really a PNG is read). Other files (README.txt,
 #: .DS_Store, notes) are not images and are left out with a count, never an error.
@@ -119,7 +122,8 @@ def read_manifest(path: str | Path, heads: Sequence[str] | None = None,
     columns = list(rows[0][1].keys())
     if path_column not in columns:
         raise FashionNetError(f"{path}: no {path_column!r} column (columns: {', '.join(map(str, columns))})")
-    names = list(heads) if heads else [c for c in columns if c != path_column]
+    names = list(heads) if heads else [c for c in columns if c not in (path_column, EXCLUDE_COLUMN)]
+    excludes = EXCLUDE_COLUMN not in names  # a head may be called "exclude"; then it is a head
     if not names:
         raise FashionNetError(f"{path}: no label columns besides {path_column!r}")
     absent = [n for n in names if not any(n in row for _, row in rows)]
@@ -128,17 +132,13 @@ def read_manifest(path: str | Path, heads: Sequence[str] | None = None,
                               f"(columns: {', '.join(map(str, columns))})")
     folder = path.parent
     records = []
+    excluded = 0
     for line, row in rows:
         where = f"{path}: line {line}"
-        image = row.get(path_column)
-        if image is None or (isinstance(image, str) and not image.strip()):
-            raise FashionNetError(f"{where} has an empty {path_column!r}")
-        if not isinstance(image, str):
-            raise FashionNetError(f"{where}: {path_column!r} must be a string, not "
-                                  f"{type(image).__name__}")
-        if not allow_outside and _leaves(image):
-            raise FashionNetError(f"{where}: path {image!r} leaves the manifest's folder; pass "
-                                  f"--allow-outside to read images outside {folder}")
+        if excludes and _excluded(row.get(EXCLUDE_COLUMN)):
+            excluded += 1
+            continue
+        image = _manifest_image(where, row, path_column, folder, allow_outside)
         labels: dict[str, Label] = {}
         for name in names:
             if name not in row:
@@ -149,9 +149,69 @@ def read_manifest(path: str | Path, heads: Sequence[str] | None = None,
                 raise FashionNetError(f"{where}: {name!r} must be a label or a list, not "
                                       f"{type(value).__name__}")
             labels[name] = _parse_label(value, name in multi_heads, multi_separator)
-        records.append(Record((folder / image).resolve(), labels))
-    log.info("found %d rows in %s (heads: %s)", len(records), path.name, ", ".join(names))
+        records.append(Record(image, labels))
+    if not records:
+        raise FashionNetError(f"{path}: every row is excluded (column {EXCLUDE_COLUMN!r})")
+    log.info("found %d rows in %s (heads: %s)%s", len(records), path.name, ", ".join(names),
+             f"; {excluded} excluded (column {EXCLUDE_COLUMN!r})" if excluded else "")
     return records, names
+
+
+def _excluded(value) -> bool:
+    """An ``exclude`` cell that leaves its row out: anything but empty, 0, false, no, null."""
+    if value is None or value is False or value == 0:
+        return False
+    return str(value).strip().lower() not in ("", "0", "false", "no")
+
+
+def _manifest_image(where: str, row: dict, path_column: str, folder: Path,
+                    allow_outside: bool) -> Path:
+    """A manifest row's image path, checked (present, a string, inside ``folder``), resolved."""
+    image = row.get(path_column)
+    if image is None or (isinstance(image, str) and not image.strip()):
+        raise FashionNetError(f"{where} has an empty {path_column!r}")
+    if not isinstance(image, str):
+        raise FashionNetError(f"{where}: {path_column!r} must be a string, not "
+                              f"{type(image).__name__}")
+    if not allow_outside and _leaves(image):
+        raise FashionNetError(f"{where}: path {image!r} leaves the manifest's folder; pass "
+                              f"--allow-outside to read images outside {folder}")
+    return (folder / image).resolve()
+
+
+def image_list(source: str | Path, path_column: str = "path", *,
+               allow_outside: bool = False) -> list[str]:
+    """The images to label, unlabelled: every image file under a folder, the ``path`` column of
+    a manifest (other columns ignored, may be absent), or a text file of paths or URIs.
+
+    A text file (any other suffix) has one path or URI per line; blank lines and lines starting
+    with ``#`` are skipped; relative paths are read from the file's folder; a URI
+    (``s3://bucket/a.jpg``) is kept as it is, for readers that open object storage.
+    """
+    source = Path(source)
+    if source.is_dir():
+        found, _ = image_files(source)
+        if not found:
+            raise FashionNetError(f"{source}: no image files in this folder")
+        return [str(p) for p in found]
+    if not source.is_file():
+        raise FashionNetError(f"{source}: no such folder, manifest or list of paths")
+    if source.suffix.lower() in MANIFEST_SUFFIXES:
+        rows = _read_rows(source)
+        if rows and path_column not in rows[0][1]:
+            raise FashionNetError(f"{source}: no {path_column!r} column")
+        paths = [str(_manifest_image(f"{source}: line {line}", row, path_column,
+                                     source.parent, allow_outside)) for line, row in rows]
+    else:
+        try:
+            lines = source.read_text(encoding="utf-8-sig").splitlines()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise FashionNetError(f"{source}: cannot read the list of paths ({exc})") from None
+        paths = [line.strip() if "://" in line else str((source.parent / line.strip()).resolve())
+                 for line in lines if line.strip() and not line.lstrip().startswith("#")]
+    if not paths:
+        raise FashionNetError(f"{source}: lists no images")
+    return paths
 
 
 def _leaves(image: str) -> bool:
