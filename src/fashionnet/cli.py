@@ -331,6 +331,21 @@ def cmd_serve(args) -> int:
     return 0
 
 
+def cmd_doctor(args) -> int:
+    from fashionnet.doctor import run_doctor
+
+    result = run_doctor(args.dataset, args.output, model=args.model,
+                        heads=_names(args.heads) if args.heads else None,
+                        multi=_names(args.multi) if args.multi else None,
+                        separator=args.separator, allow_outside=args.allow_outside,
+                        overwrite=args.overwrite, progress=not args.quiet, shown=args.shown)
+    counts = result.counts()
+    print(f"{len(result.paths)} images; " + (", ".join(f"{name} {n}" for name, n in counts.items())
+                                             or "no issues found") + " (images per issue)")
+    print(f"report: {Path(args.output) / 'report.html'} (and report.md, issues.csv, manifest.csv)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="fashionnet", formatter_class=_HelpFormatter, epilog=EXAMPLES["fashionnet"],
@@ -441,6 +456,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", choices=["auto", "onnx", "keras"], default="auto",
                    help="auto: model.onnx with onnxruntime when both exist, else Keras")
     p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("doctor", help="find what is wrong with a dataset: unreadable files, "
+                                      "duplicates, image quality, label errors (extra doctor)")
+    p.add_argument("--dataset", type=Path, required=True, help="folder or manifest to check")
+    p.add_argument("--model", type=Path,
+                   help="a run trained on this dataset: adds label issues, outliers and "
+                        "ambiguous images from its out-of-sample predictions and embeddings")
+    p.add_argument("--output", type=Path, required=True, help="report folder to create")
+    p.add_argument("--heads", help="head names in folder-name order, or the manifest columns "
+                                   "(default: color,category for folders, every column of a "
+                                   "manifest; with --model, the model's heads)")
+    p.add_argument("--multi", help="comma-separated multi-label heads")
+    p.add_argument("--separator", default="_", help="splits folder names into labels")
+    p.add_argument("--allow-outside", action="store_true",
+                   help="manifest paths may leave the manifest's folder")
+    p.add_argument("--shown", type=int, default=40, metavar="N",
+                   help="images shown per section of report.html (all are in issues.csv)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing report")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_doctor)
     for name, command in sub.choices.items():
         command.formatter_class = _HelpFormatter
         command.epilog = EXAMPLES.get(name)
@@ -469,6 +504,8 @@ EXAMPLES = {
     "export": "example:\n  fashionnet export runs/mine    # writes runs/mine/model.onnx",
     "serve": "example:\n  fashionnet serve --model runs/mine --port 8000    # then open "
              "http://127.0.0.1:8000/",
+    "doctor": "examples:\n  fashionnet doctor --dataset photos/ --output doctor/\n"
+              "  fashionnet doctor --dataset photos/ --model runs/mine --output doctor/",
 }
 
 

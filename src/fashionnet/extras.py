@@ -35,6 +35,15 @@ def _installed(module: str) -> bool:
         return False
 
 
+#: What `fashionnet doctor` needs (the ``doctor`` extra): cleanlab's Datalab (with its
+#: ``datasets`` dependency), cleanvision, scikit-learn for the cross-validated probabilities.
+DOCTOR_MODULES = ("cleanlab", "cleanvision", "sklearn", "datasets")
+
+
+def require_doctor(what: str) -> None:
+    require(what, "doctor", *DOCTOR_MODULES)
+
+
 def keras_backend() -> str:
     """The Keras backend that would be used: $KERAS_BACKEND, else keras.json, else tensorflow."""
     if os.environ.get("KERAS_BACKEND"):

@@ -1,0 +1,86 @@
+"""What `fashionnet doctor` finds on ``../shared/datasets/apparel`` as published.
+
+Trains a quick model on apparel (unless the run exists), runs the doctor with it, and writes
+``results/doctor/apparel/``: ``summary.md`` (issue counts, the top flagged label issues),
+``top.json`` and a few small thumbnails of the worst ones (never the dataset's images
+themselves).
+
+    python benchmarks/doctor_apparel.py          # ~10-15 min of training the first time
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "src"))
+
+from fashionnet.doctor.report import thumbnail  # noqa: E402
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dataset", type=Path, default=REPO.parent / "shared/datasets/apparel")
+    parser.add_argument("--run", type=Path, default=REPO / "runs/doctor_apparel")
+    parser.add_argument("--report", type=Path, default=Path("/tmp/fashionnet_doctor_apparel"))
+    parser.add_argument("--results", type=Path, default=REPO / "results/doctor/apparel")
+    parser.add_argument("--top", type=int, default=8, help="label issues shown with thumbnails")
+    args = parser.parse_args()
+
+    fashionnet = [sys.executable, "-m", "fashionnet.cli"]
+    if not (args.run / "labels.json").is_file():
+        subprocess.run([*fashionnet, "train", "--dataset", str(args.dataset), "--preset", "quick",
+                        "--output", str(args.run), "--quiet"], check=True)
+    subprocess.run([*fashionnet, "doctor", "--dataset", str(args.dataset), "--model",
+                    str(args.run), "--output", str(args.report), "--overwrite"], check=True)
+    document = json.loads((args.report / "issues.json").read_text())
+    issues = document["issues"]
+    top = [row for row in issues if row["issue"] == "label_issue"][:args.top]
+    args.results.mkdir(parents=True, exist_ok=True)
+    for old in args.results.glob("*.jpg"):
+        old.unlink()
+    for rank, row in enumerate(top, start=1):
+        data = thumbnail(args.dataset / row["path"], side=96, quality=75)
+        if data:
+            row["thumbnail"] = f"{rank:02d}_{Path(row['path']).stem}.jpg"
+            (args.results / row["thumbnail"]).write_bytes(data)
+    conflicts = [row for row in issues if row["issue"] == "duplicate_label_conflict"]
+    summary = {key: document[key] for key in ("images", "issue_counts", "out_of_sample_sources",
+                                              "notes", "seconds")}
+    (args.results / "top.json").write_text(json.dumps(
+        {**summary, "label_issues": top, "duplicate_label_conflicts": conflicts[:20]},
+        indent=1) + "\n")
+    (args.results / "summary.md").write_text(render(summary, top, conflicts, args))
+    print((args.results / "summary.md").read_text())
+    return 0
+
+
+def render(summary: dict, top: list[dict], conflicts: list[dict],
+           args: argparse.Namespace) -> str:
+    lines = ["# Doctor on apparel, as published", "",
+             f"`python benchmarks/doctor_apparel.py`: {summary['images']} images, model "
+             f"`{args.run.name}` (`fashionnet train --dataset {args.dataset.name} --preset "
+             f"quick`), doctor {summary['seconds']:.0f} s on this 2-core CPU.", "",
+             "| issue | images |", "| --- | --- |"]
+    lines += [f"| {name} | {count} |" for name, count in summary["issue_counts"].items()]
+    lines += ["", "Out-of-sample sources: " + "; ".join(
+        f"{head}: {s['held-out']} held-out, {s['cross-validated']} cross-validated"
+        for head, s in summary["out_of_sample_sources"].items()) + ".", "",
+        "## Top label issues (worst first)", "",
+        "| | image | head | given | suggested | score | from |", "| --- | --- | --- | --- | --- | --- | --- |"]
+    for row in top:
+        image = f"![]({row['thumbnail']})" if row.get("thumbnail") else ""
+        lines.append(f"| {image} | `{row['path']}` | {row['head']} | {row['given']} | "
+                     f"{row['suggested']} | {row['score']:.3f} | {row['source']} |")
+    groups = sorted({row["group"] for row in conflicts})
+    lines += ["", f"Duplicate sets whose labels disagree: {len(groups)} (first ones: "
+              + ", ".join(groups[:5]) + ")." if groups else ""]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
