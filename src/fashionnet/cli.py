@@ -128,6 +128,17 @@ def cmd_train(args) -> int:
     if not Path(config.dataset).exists():  # before the seconds that importing TensorFlow takes
         raise FashionNetError(f"{config.dataset}: dataset not found (expected a folder or a "
                               f"manifest)")
+    if args.workers is not None or args.address:
+        from fashionnet.cluster.training import train_on_ray
+
+        result = train_on_ray(config, args.output, workers=args.workers or 2,
+                              address=args.address, overwrite=args.overwrite,
+                              max_failures=args.max_failures, storage=args.storage)
+        print(_metrics_summary(result.metrics))
+        resumed = result.cluster["resumed_from_epoch"]
+        print(f"model bundle: {result.bundle.path} (trained on {args.workers or 2} Ray "
+              f"worker(s){f', resumed after epoch {resumed}' if resumed else ''})")
+        return 0
     from fashionnet.training import train
 
     result = train(config, args.output, overwrite=args.overwrite,
@@ -161,6 +172,10 @@ def cmd_classify(args) -> int:
 
     from fashionnet.inference import expand_inputs, load
 
+    if args.engine == "ray":
+        return _classify_on_ray(args)
+    if args.output or args.workers is not None or args.address:
+        raise FashionNetError("--output, --workers and --address go with --engine ray")
     if args.top_k < 1 or args.batch_size < 1:
         raise FashionNetError("--top-k and --batch-size must be at least 1")
     if args.threshold is not None and not 0.0 <= args.threshold <= 1.0:
@@ -215,6 +230,32 @@ def cmd_classify(args) -> int:
           f"{predictor.backend}, {'calibrated' if predictor.temperatures else 'not calibrated'}",
           file=sys.stderr)
     return 1 if failures == len(results) else 0
+
+
+def _classify_on_ray(args) -> int:
+    """``classify --engine ray INPUT --output OUT/``: Parquet shards, a summary line."""
+    from fashionnet.cluster.labelling import label
+
+    if len(args.inputs) != 1 or not args.output:
+        raise FashionNetError("--engine ray takes one INPUT (a folder, a manifest or a text file "
+                              "of paths) and --output OUT/")
+    unsupported = [flag for flag, used in (("--annotate", args.annotate), ("--strict", args.strict),
+                                           ("--format", args.format != "text"),
+                                           ("--top-k", args.top_k != 1),
+                                           ("--threshold", args.threshold is not None)) if used]
+    if unsupported:
+        raise FashionNetError(f"{', '.join(unsupported)}: not available with --engine ray (it "
+                              f"writes every probability to Parquet; unreadable files are rows)")
+    summary = label(_model_or_default(args.model), args.inputs[0], args.output,
+                    workers=args.workers or 1, address=args.address, batch_size=args.batch_size,
+                    backend=args.backend, overwrite=args.overwrite,
+                    progress=sys.stderr.isatty())
+    errors = summary["errors"]
+    print(f"labelled {summary['labelled']} image(s){f' ({errors} unreadable)' if errors else ''} "
+          f"in {summary['seconds']:.2f} s ({summary['images_per_second']:.1f} img/s) on "
+          f"{summary['workers']} Ray worker(s), backend {summary['backend']}; wrote "
+          f"{args.output} (Parquet shards and _summary.json)", file=sys.stderr)
+    return 1 if errors == summary["images"] else 0
 
 
 def _describe(head, top_k: int) -> str:
@@ -359,6 +400,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", type=Path, required=True, help="bundle folder to create")
     p.add_argument("--overwrite", action="store_true", help="replace an existing bundle")
     p.add_argument("--quiet", action="store_true", help="no progress bar while decoding")
+    p.add_argument("--workers", type=int, metavar="N",
+                   help="data-parallel training on N Ray workers (extra cluster)")
+    p.add_argument("--address", metavar="ADDR",
+                   help="an existing Ray cluster (default with --workers: Ray on this machine)")
+    p.add_argument("--max-failures", type=int, default=3, metavar="K",
+                   help="with --workers: restarts from the last epoch's checkpoint after a "
+                        "worker dies")
+    p.add_argument("--storage", metavar="PATH_OR_URI",
+                   help="with --workers: where checkpoints go (default: beside --output; on a "
+                        "cluster, storage every node shares)")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("classify", help="classify images with a trained bundle")
@@ -382,6 +433,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--strict", action="store_true", help="stop at the first unreadable image")
     p.add_argument("--backend", choices=["auto", "onnx", "keras"], default="auto",
                    help="auto: model.onnx with onnxruntime when both exist, else Keras")
+    p.add_argument("--engine", choices=["local", "ray"], default="local",
+                   help="ray: label INPUT with Ray Data into Parquet shards (extra cluster)")
+    p.add_argument("--output", type=Path, metavar="OUT_DIR",
+                   help="with --engine ray: folder (or URI) for the Parquet shards")
+    p.add_argument("--workers", type=int, metavar="N",
+                   help="with --engine ray: model actors (default 1)")
+    p.add_argument("--address", metavar="ADDR",
+                   help="with --engine ray: an existing Ray cluster (default: Ray on this machine)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="with --engine ray: replace an existing output folder")
     p.set_defaults(func=cmd_classify)
 
     p = sub.add_parser("demo", help="train on a generated dataset (no download) and report")
@@ -491,9 +552,11 @@ EXAMPLES = {
                   "  fashionnet COMMAND --help    # options of one command",
     "train": "examples:\n  fashionnet train --dataset photos/ --output runs/mine\n"
              "  fashionnet train --dataset labels.csv --multi occasions --output runs/m\n"
-             "  fashionnet train --config fashionnet.toml --epochs 5 --output runs/trial",
+             "  fashionnet train --config fashionnet.toml --epochs 5 --output runs/trial\n"
+             "  fashionnet train --dataset photos/ --workers 2 --output runs/ray    # on Ray",
     "classify": "examples:\n  fashionnet classify --model runs/mine photo.jpg\n"
-                "  fashionnet classify --model runs/mine photos/ --format csv > labels.csv",
+                "  fashionnet classify --model runs/mine photos/ --format csv > labels.csv\n"
+                "  fashionnet classify --model runs/mine --engine ray photos/ --output labels/",
     "demo": "example:\n  fashionnet demo --output runs/demo",
     "evaluate": "example:\n  fashionnet evaluate --model runs/mine --dataset photos/ "
                 "--subset test",

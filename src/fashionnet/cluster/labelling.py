@@ -181,7 +181,8 @@ def label(model: str | Path, source: str | Path, output: str | Path, *, workers:
     logging.getLogger("ray.data").setLevel(logging.INFO if progress else logging.WARNING)
 
     preprocessing = bundle.preprocessing
-    blocks = max(1, min(len(paths), math.ceil(len(paths) / batch_size)))
+    # At least two blocks per actor, so that every actor gets work; else one per batch.
+    blocks = min(len(paths), max(2 * workers, math.ceil(len(paths) / batch_size)))
     dataset = (ray.data.from_items([{"path": p} for p in paths], override_num_blocks=blocks)
                .map_batches(decode_batch, batch_size=batch_size, batch_format="numpy",
                             num_cpus=DECODE_CPUS if cpus_per_worker != DECODE_CPUS else 0.25,
