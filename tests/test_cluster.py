@@ -21,11 +21,14 @@ from tests.conftest import solid
 
 
 @pytest.fixture(scope="module")
-def ray_local():
+def ray_local(tmp_path_factory):
     ray = pytest.importorskip("ray")
     pytest.importorskip("pyarrow")
     pytest.importorskip("ray.data")
-    ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.WARNING)
+    # The workers' decode cache is the tests' private one, as in-process (conftest).
+    cache = str(tmp_path_factory.getbasetemp() / "cache")
+    ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.WARNING,
+             runtime_env={"env_vars": {"FASHIONNET_CACHE_DIR": cache}})
     yield ray
     ray.shutdown()
 
