@@ -71,7 +71,8 @@ def render(summary: dict, top: list[dict], conflicts: list[dict],
         f"{head}: {s['held-out']} held-out, {s['cross-validated']} cross-validated"
         for head, s in summary["out_of_sample_sources"].items()) + ".", "",
         "## Top label issues (worst first)", "",
-        "| | image | head | given | suggested | score | from |", "| --- | --- | --- | --- | --- | --- | --- |"]
+        "| | image | head | given | suggested | score | from |",
+        "| --- | --- | --- | --- | --- | --- | --- |"]
     for row in top:
         image = f"![]({row['thumbnail']})" if row.get("thumbnail") else ""
         lines.append(f"| {image} | `{row['path']}` | {row['head']} | {row['given']} | "

@@ -170,8 +170,11 @@ def test_doctor_with_a_trained_run(doctor_libs, tiny_bundle, tiny_dataset, tmp_p
     assert "images;" in capsys.readouterr().out
 
 
-def test_model_of_another_dataset_is_refused(doctor_libs, tiny_bundle, dirty, tmp_path, capsys):
-    assert main(["doctor", "--dataset", str(dirty), "--model", str(tiny_bundle.bundle.path),
+def test_model_of_another_dataset_is_refused(doctor_libs, tiny_bundle, tmp_path, capsys):
+    for i, color in enumerate([(200, 0, 0), (0, 0, 200)]):
+        solid(tmp_path / "other" / "red_dress" / f"photo{i}.png", color)
+    assert main(["doctor", "--dataset", str(tmp_path / "other"), "--model",
+                 str(tiny_bundle.bundle.path),
                  "--output", str(tmp_path / "r"), "--quiet"]) == 2
     assert "split.json" in capsys.readouterr().err
     assert not (tmp_path / "r").exists()
