@@ -28,15 +28,17 @@ def main() -> int:
     parser.add_argument("--run", type=Path, default=REPO / "runs/doctor_apparel")
     parser.add_argument("--report", type=Path, default=Path("/tmp/fashionnet_doctor_apparel"))
     parser.add_argument("--results", type=Path, default=REPO / "results/doctor/apparel")
-    parser.add_argument("--top", type=int, default=8, help="label issues shown with thumbnails")
+    parser.add_argument("--top", type=int, default=12, help="label issues shown with thumbnails")
+    parser.add_argument("--reuse", action="store_true", help="keep the doctor's report if present")
     args = parser.parse_args()
 
     fashionnet = [sys.executable, "-m", "fashionnet.cli"]
     if not (args.run / "labels.json").is_file():
         subprocess.run([*fashionnet, "train", "--dataset", str(args.dataset), "--preset", "quick",
                         "--output", str(args.run), "--quiet"], check=True)
-    subprocess.run([*fashionnet, "doctor", "--dataset", str(args.dataset), "--model",
-                    str(args.run), "--output", str(args.report), "--overwrite"], check=True)
+    if not (args.reuse and (args.report / "issues.json").is_file()):
+        subprocess.run([*fashionnet, "doctor", "--dataset", str(args.dataset), "--model",
+                        str(args.run), "--output", str(args.report), "--overwrite"], check=True)
     document = json.loads((args.report / "issues.json").read_text())
     issues = document["issues"]
     top = [row for row in issues if row["issue"] == "label_issue"][:args.top]

@@ -15,7 +15,9 @@ from pathlib import Path
 ISSUE_TYPES: dict[str, str] = {
     "unreadable": "the file cannot be decoded (it is skipped by training and classify)",
     "label_issue": "likely wrong label (cleanlab, from out-of-sample predicted probabilities)",
-    "duplicate_label_conflict": "duplicates whose labels disagree: at least one of them is wrong",
+    "duplicate_label_conflict": "duplicates whose labels disagree: at least one of them is wrong "
+                                "(for near duplicates, look first: a perceptual hash ignores "
+                                "colour, so one product photographed in two colours matches)",
     "duplicate_across_splits": "duplicates in different splits of the run (train and "
                                "validation/test): the held-out figures flatter the model",
     "exact_duplicate": "the same pixels more than once (cleanvision, or a path listed twice)",
@@ -34,7 +36,8 @@ ISSUE_TYPES: dict[str, str] = {
 }
 
 #: Issues that pre-fill the ``exclude`` column of the doctor's ``manifest.csv``: rows that are
-#: wrong or redundant, not merely unusual. Exact duplicates: every copy but the first.
+#: wrong or redundant, not merely unusual. Exact duplicates: every copy but the first; label
+#: conflicts: only between exact copies.
 EXCLUDED_BY_DEFAULT = ("unreadable", "label_issue", "duplicate_label_conflict")
 
 

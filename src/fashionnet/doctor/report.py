@@ -46,8 +46,8 @@ def write_report(folder: Path, result: DoctorResult, final: Path, *, shown: int 
 
 
 def exclusions(result: DoctorResult) -> dict[str, list[str]]:
-    """{path: issue types} that pre-fill ``exclude``: `EXCLUDED_BY_DEFAULT`, and every exact
-    copy but the first of its set."""
+    """{path: issue types} that pre-fill ``exclude``: `EXCLUDED_BY_DEFAULT` (label conflicts
+    only inside exact-duplicate sets), and every exact copy but the first of its set."""
     out: dict[str, list[str]] = {}
     firsts: set[str] = set()
     for issue in result.issues:
@@ -55,6 +55,8 @@ def exclusions(result: DoctorResult) -> dict[str, list[str]]:
         if name == "exact_duplicate" and issue.group not in firsts:
             firsts.add(issue.group)  # issues are sorted by group then path: keep the first
             continue
+        if name == "duplicate_label_conflict" and not issue.group.startswith("exact"):
+            continue  # a perceptual hash is colour-blind: maybe one product in two colours
         if name in EXCLUDED_BY_DEFAULT or name == "exact_duplicate":
             reasons = out.setdefault(issue.path, [])
             tag = f"{name}:{issue.head}" if issue.head else name
@@ -178,7 +180,7 @@ _CSS = """
 body{font:14px/1.4 system-ui,sans-serif;margin:1.5em;color:#222;max-width:1200px}
 h1{font-size:1.5em}h2{margin-top:2em;border-bottom:1px solid #ddd}
 table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ccc;padding:2px 8px;
-text-align:right}th:first-child,td:first-child{text-align:left}.empty{background:#fdd;
+text-align:right}th:first-child,td:first-child,.wide th:last-child{text-align:left}.empty{background:#fdd;
 font-weight:bold}.grid{display:flex;flex-wrap:wrap;gap:8px}.card{width:150px;border:1px solid
 #ccc;border-radius:4px;padding:4px;font-size:12px;overflow-wrap:anywhere}.card img{display:block;
 margin:auto;max-width:140px;max-height:110px}.score{font-weight:bold}.muted{color:#666}
@@ -199,7 +201,7 @@ def render_html(result: DoctorResult, shown: int = SHOWN,
            f"<p>{total} images, heads: {esc(', '.join(result.heads))}"
            + (f"; model <code>{esc(result.model)}</code>" if result.model else "") + ".</p>",
            f"<p>{esc(_sources_sentence(result))}</p>",
-           "<table><tr><th>issue</th><th>images</th><th>share</th><th>what it means</th></tr>"]
+           "<table class='wide'><tr><th>issue</th><th>images</th><th>share</th><th>what it means</th></tr>"]
     for name, what in ISSUE_TYPES.items():
         if name in counts:
             out.append(f"<tr><td><a href='#{name}'>{name}</a></td><td>{counts[name]}</td>"
