@@ -101,13 +101,16 @@ def labelling(model: Path, rounds: int, large_rounds: int, scratch: Path) -> dic
     return results
 
 
-def training(epochs: int | None, scratch: Path) -> dict:
+TRAIN_SIDES = {"one process": [], "ray, 1 worker": ["--workers", "1"],
+               "ray, 2 workers": ["--workers", "2"]}
+
+
+def training(epochs: int | None, scratch: Path, sides: list[str]) -> dict:
     if not FASHION.is_dir():
         return {}
     results = {}
     extra = ["--epochs", str(epochs)] if epochs else []
-    for side, flags in (("one process", []), ("ray, 1 worker", ["--workers", "1"]),
-                        ("ray, 2 workers", ["--workers", "2"])):
+    for side, flags in ((s, TRAIN_SIDES[s]) for s in sides):
         out = scratch / f"run-{len(results)}"
         got = run([*FASHIONNET, "train", "--dataset", str(FASHION), "--preset", "quick", *extra,
                    "--output", str(out), "--quiet", *flags])
@@ -164,6 +167,8 @@ def main() -> int:
     parser.add_argument("--train-epochs", type=int, help="default: the quick preset's 12")
     parser.add_argument("--skip-labelling", action="store_true")
     parser.add_argument("--skip-training", action="store_true")
+    parser.add_argument("--train-sides", default=";".join(TRAIN_SIDES),
+                        help=f"';'-separated, of: {'; '.join(TRAIN_SIDES)}")
     parser.add_argument("--output", type=Path, default=ROOT / "results" / "cluster")
     args = parser.parse_args()
     data = {"machine": f"{platform.machine()}, {os.cpu_count()} cores, Python "
@@ -173,11 +178,13 @@ def main() -> int:
         data["labelling"] = ({} if args.skip_labelling
                              else labelling(args.model, args.rounds, args.large_rounds,
                                             Path(scratch)))
-        data["training"] = {} if args.skip_training else training(args.train_epochs,
-                                                                  Path(scratch))
+        data["training"] = {} if args.skip_training else training(
+            args.train_epochs, Path(scratch), args.train_sides.split(";"))
     data["load_after"] = load()
     args.output.mkdir(parents=True, exist_ok=True)
     name = "bench" if not args.skip_labelling else "bench_training"
+    if args.train_sides != ";".join(TRAIN_SIDES):
+        name += "_" + "_".join(re.sub(r"\W+", "", s) for s in args.train_sides.split(";"))
     (args.output / f"{name}.json").write_text(json.dumps(data, indent=2) + "\n")
     (args.output / f"{name}.md").write_text(markdown(data))
     print(markdown(data))

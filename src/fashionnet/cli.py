@@ -133,7 +133,8 @@ def cmd_train(args) -> int:
 
         result = train_on_ray(config, args.output, workers=args.workers or 2,
                               address=args.address, overwrite=args.overwrite,
-                              max_failures=args.max_failures, storage=args.storage)
+                              max_failures=args.max_failures, storage=args.storage,
+                              cpus_per_worker=args.cpus_per_worker)
         print(_metrics_summary(result.metrics))
         resumed = result.cluster["resumed_from_epoch"]
         print(f"model bundle: {result.bundle.path} (trained on {args.workers or 2} Ray "
@@ -410,6 +411,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--storage", metavar="PATH_OR_URI",
                    help="with --workers: where checkpoints go (default: beside --output; on a "
                         "cluster, storage every node shares)")
+    p.add_argument("--cpus-per-worker", type=float, metavar="C",
+                   help="with --workers: CPUs each worker reserves (default: this machine's "
+                        "cores shared out, or 1 with --address)")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("classify", help="classify images with a trained bundle")

@@ -56,14 +56,17 @@ class ClusterTrainResult:
 
 def train_on_ray(config: TrainConfig, output: str | Path, *, workers: int = 2,
                  address: str | None = None, overwrite: bool = False, max_failures: int = 3,
-                 storage: str | None = None, verbose: bool = True,
-                 epoch_hook: EpochHook | None = None) -> ClusterTrainResult:
+                 storage: str | None = None, cpus_per_worker: float | None = None,
+                 verbose: bool = True, epoch_hook: EpochHook | None = None
+                 ) -> ClusterTrainResult:
     """Train ``config`` on ``workers`` Ray workers and write the bundle at ``output``.
 
     ``address``: an existing Ray cluster (else Ray starts here). ``storage``: where Ray Train
     keeps the per-epoch checkpoints (default: a hidden folder beside ``output``; on a cluster,
     a path every node shares, or ``s3://...``), deleted after success. ``max_failures``: how
     many times a run that lost a worker is restarted from its last checkpoint.
+    ``cpus_per_worker``: Ray CPUs each worker reserves (and sizes its thread pools to); default
+    this machine's cores shared out between the workers, or 1 on a cluster (``address``).
     """
     require_cluster("fashionnet train --workers")
     require_training("fashionnet train --workers")
@@ -90,7 +93,10 @@ def train_on_ray(config: TrainConfig, output: str | Path, *, workers: int = 2,
               "verbose": verbose, "epoch_hook": epoch_hook}
     trainer = TensorflowTrainer(
         _worker, train_loop_config=params,
-        scaling_config=ray.train.ScalingConfig(num_workers=workers, use_gpu=False),
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=workers, use_gpu=False,
+            resources_per_worker={"CPU": cpus_per_worker or (
+                1 if address else max(1, (os.cpu_count() or 1) // workers))}),
         run_config=ray.train.RunConfig(
             name=f"fashionnet-{output.name}", storage_path=storage,
             failure_config=ray.train.FailureConfig(max_failures=max_failures),
