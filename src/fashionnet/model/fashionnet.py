@@ -110,7 +110,7 @@ def build_model(heads: Sequence[HeadSpec], input_size: int = 96,
     space instead: far fewer parameters, and the colour head cannot key on where things are
     (a shape cue), which is what breaks unseen colour+category combinations.
     ``disentangled`` (the default) is built for unseen combinations: colour heads are
-    `pixel_color_head` (one-pixel receptive field), and the grayscale branch is photometrically
+    `pixel_color_head` (a 2x2-pixel receptive field), and the grayscale branch is photometrically
     augmented in training and standardised per image before the recipe's deep trunk, with
     the recipe's flattened features (they beat global average pooling on held-out blue shirts,
     86 % against 79 %), so that neither shape leaks into colour nor darkness into category.
