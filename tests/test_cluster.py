@@ -123,6 +123,13 @@ def test_ray_labelling_cli_manifest_uris_and_refusals(ray_local, photos, tmp_pat
     assert "--annotate: not available with --engine ray" in capsys.readouterr().err
     assert main(["classify", str(files[0]), "--workers", "2"]) == 2
     assert "go with --engine ray" in capsys.readouterr().err
+    # --workers 0 is refused, not quietly replaced by the default.
+    assert main(["classify", "--engine", "ray", str(listing), "--output", str(tmp_path / "o0"),
+                 "--workers", "0"]) == 2
+    assert "--workers and --batch-size must be at least 1" in capsys.readouterr().err
+    assert main(["train", "--dataset", str(photos), "--output", str(tmp_path / "t0"),
+                 "--workers", "0"]) == 2
+    assert "--workers must be at least 1, not 0" in capsys.readouterr().err
 
 
 @pytest.mark.slow

@@ -131,13 +131,14 @@ def cmd_train(args) -> int:
     if args.workers is not None or args.address:
         from fashionnet.cluster.training import train_on_ray
 
-        result = train_on_ray(config, args.output, workers=args.workers or 2,
+        workers = 2 if args.workers is None else args.workers
+        result = train_on_ray(config, args.output, workers=workers,
                               address=args.address, overwrite=args.overwrite,
                               max_failures=args.max_failures, storage=args.storage,
                               cpus_per_worker=args.cpus_per_worker)
         print(_metrics_summary(result.metrics))
         resumed = result.cluster["resumed_from_epoch"]
-        print(f"model bundle: {result.bundle.path} (trained on {args.workers or 2} Ray "
+        print(f"model bundle: {result.bundle.path} (trained on {workers} Ray "
               f"worker(s){f', resumed after epoch {resumed}' if resumed else ''})")
         return 0
     from fashionnet.training import train
@@ -248,7 +249,8 @@ def _classify_on_ray(args) -> int:
         raise FashionNetError(f"{', '.join(unsupported)}: not available with --engine ray (it "
                               f"writes every probability to Parquet; unreadable files are rows)")
     summary = label(_model_or_default(args.model), args.inputs[0], args.output,
-                    workers=args.workers or 1, address=args.address, batch_size=args.batch_size,
+                    workers=1 if args.workers is None else args.workers, address=args.address,
+                    batch_size=args.batch_size,
                     backend=args.backend, overwrite=args.overwrite,
                     progress=sys.stderr.isatty())
     errors = summary["errors"]
