@@ -31,6 +31,7 @@ FORMAT_VERSION = 1
 LABELS_FILE = "labels.json"
 KERAS_FILE = "model.keras"
 ONNX_FILE = "model.onnx"
+SPLIT_FILE = "split.json"
 
 
 @dataclasses.dataclass
@@ -208,6 +209,16 @@ def _read_temperatures(doc: dict, heads: list[HeadSpec], bad: _Invalid) -> dict[
             raise bad(f"temperatures.{name}", f"must be a finite positive number, not {value!r}")
         out[name] = float(value)
     return out
+
+
+def read_split(run: str | Path) -> dict | None:
+    """A run's ``split.json`` ({"paths": ..., "train": [keys], "val": ..., "test": ...}), or
+    None when it is missing, unreadable or not a JSON object: callers decide how bad that is."""
+    try:
+        document = json.loads((Path(run) / SPLIT_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    return document if isinstance(document, dict) else None
 
 
 def write_json(path: Path, data: Any) -> None:

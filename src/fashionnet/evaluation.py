@@ -7,7 +7,6 @@ confusion-matrix PNG per head.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from collections import defaultdict
@@ -16,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fashionnet.bundle import Bundle, load_bundle, write_json
+from fashionnet.bundle import SPLIT_FILE, Bundle, load_bundle, read_split, write_json
 from fashionnet.data.images import decode_many
 from fashionnet.data.sources import Record, dataset_root, read_dataset, relative_key
 from fashionnet.errors import FashionNetError
@@ -166,11 +165,11 @@ def _subset(bundle: Bundle, records: list[Record], subset: str,
             dataset: str | Path) -> list[Record]:
     """The records in the bundle's ``subset`` split, matched by their path relative to the
     dataset root (older bundles: by the path as written at training, or its absolute form)."""
-    split_file = bundle.path / "split.json"
+    split_file = bundle.path / SPLIT_FILE
+    document = read_split(bundle.path)
     try:
-        document = json.loads(split_file.read_text())
         wanted = set(document[subset])
-    except (OSError, KeyError, TypeError, json.JSONDecodeError):
+    except (KeyError, TypeError):
         raise FashionNetError(f"{split_file}: has no {subset!r} split to evaluate on") from None
     if "paths" in document:
         root = dataset_root(dataset)

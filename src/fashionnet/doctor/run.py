@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from pathlib import Path
 
-from fashionnet.bundle import atomic_directory, load_bundle
+from fashionnet.bundle import atomic_directory, load_bundle, read_split
 from fashionnet.data.sources import dataset_root, read_dataset, relative_key
 from fashionnet.doctor.images import decode_files, image_quality, listed_twice, unreadable_issues
 from fashionnet.doctor.issues import DoctorResult, Issue, sort_issues
@@ -98,12 +97,11 @@ def run_doctor(dataset: str | Path, output: str | Path, *, model: str | Path | N
 
 def _splits(run: Path) -> dict[str, str]:
     """{image key: train | val | test} from the run's split.json ({} when it has none)."""
-    try:
-        document = json.loads((run / "split.json").read_text())
-    except (OSError, ValueError):
+    document = read_split(run)
+    if document is None:
         log.warning("%s: no readable split.json; every image is cross-validated", run)
         return {}
-    if not isinstance(document, dict) or "paths" not in document:
+    if "paths" not in document:
         log.warning("%s/split.json: an older format without relative paths; ignored", run)
         return {}
     return {key: name for name in ("train", "val", "test")
