@@ -76,6 +76,24 @@ def test_photometric_augmentation_only_in_training():
     np.testing.assert_allclose(z.mean(axis=(1, 2, 3)), 0, atol=1e-5)
 
 
+def test_shape_jitter_moves_only_the_category_input_and_only_in_training():
+    """Mirror/shift/zoom reach the category branch in training; inference and the colour head
+    (which pools over pixels, so has nothing to gain) never see them."""
+    model = build_model(HEADS, 32)
+    jittered = keras.Model(model.input, model.get_layer("gray_shape_jitter").output)
+    gray = keras.Model(model.input, model.get_layer("grayscale").output)
+    x = np.stack([_garment(box=(4, 20, 2, 14)), _garment(box=(10, 30, 16, 30))]).astype(
+        np.float32) / 255
+    np.testing.assert_array_equal(np.asarray(jittered(x, training=False)),
+                                  np.asarray(gray(x, training=False)))
+    moved = [not np.allclose(np.asarray(jittered(x, training=True)), np.asarray(gray(x)))
+             for _ in range(3)]
+    assert all(moved)
+    colour = keras.Model(model.input, model.outputs[0])
+    np.testing.assert_allclose(np.asarray(colour(x, training=True)),
+                               np.asarray(colour(x, training=False)), atol=1e-6)
+
+
 def test_disentangled_model_round_trips_in_safe_mode(tmp_path):
     model = build_model(HEADS, 32)
     path = tmp_path / "m.keras"

@@ -35,9 +35,11 @@ else:  # pragma: no cover
 #: the recipe did; ``disentangled`` reads 64 px (its flattened category features stay small: a
 #: 4 MB model, ~2x faster than 96 px; the quick study protocol below is then the default run
 #: with fewer epochs) and trains shorter on a warm-up + cosine schedule, with counterfactual
-#: recolouring, and a faster BatchNorm average (fewer steps). Flips/shifts (`augment`) are off:
-#: on the quick study they cost seen and unseen accuracy once recolouring and the photometric
-#: jitter of the category branch were in (docs/accuracy.md).
+#: recolouring, and a faster BatchNorm average (fewer steps). Flips/shifts of the whole input
+#: (`augment`) are off: on the quick study they cost seen and unseen accuracy once recolouring
+#: and the photometric jitter of the category branch were in (docs/accuracy.md); the
+#: architecture mirrors, shifts and zooms the category branch's input itself
+#: (`model.layers.RandomShapeJitter`).
 ARCHITECTURE_DEFAULTS: dict[str, dict[str, Any]] = {
     "recipe": {"input_size": 96, "epochs": 50, "lr_decay": "recipe", "augment": False,
                "bn_momentum": 0.99, "recolor": 0.0, "precise_bn": False},

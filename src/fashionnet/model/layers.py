@@ -159,6 +159,41 @@ class RandomPhotometric(keras.layers.Layer):
 
 
 @keras.saving.register_keras_serializable(PACKAGE)
+class RandomShapeJitter(keras.layers.Layer):
+    """Training only: mirror, shift and zoom an image (Keras's own random layers, in that order).
+
+    On the category branch's input: without it that branch learns its training garments by
+    heart (100 % of them right), and the style of the few garments of each combination is what
+    fails on a combination it never saw (lever 12 in docs/accuracy.md). The colour head does not
+    get it: it pools over pixels, so moving them tells it nothing.
+
+    Identity at inference, with no random op in the inference graph: Keras's random image
+    layers draw their random numbers even when not training, and ONNX has no such op, so a
+    model holding them bare cannot be exported.
+    """
+
+    def __init__(self, shift: float = 0.08, zoom: float = 0.1, **kwargs):
+        super().__init__(**kwargs)
+        self.shift, self.zoom = shift, zoom
+        self.flip_layer = keras.layers.RandomFlip("horizontal")
+        self.shift_layer = keras.layers.RandomTranslation(shift, shift, fill_mode="nearest")
+        self.zoom_layer = keras.layers.RandomZoom(zoom, fill_mode="nearest")
+
+    def call(self, inputs, training=None):
+        if not training:
+            return inputs
+        x = self.flip_layer(inputs, training=True)
+        x = self.shift_layer(x, training=True)
+        return self.zoom_layer(x, training=True)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {**super().get_config(), "shift": self.shift, "zoom": self.zoom}
+
+
+@keras.saving.register_keras_serializable(PACKAGE)
 class ImageStandardization(keras.layers.Layer):
     """Per image: zero mean, unit variance, so overall brightness and contrast carry no signal."""
 
