@@ -134,8 +134,9 @@ SETTINGS: dict[str, Setting] = {
     "path_column": Setting(str, "the manifest column holding each image's path"),
     "input_size": Setting(int, "images are resized to SIZE x SIZE pixels", minimum=32,
                           maximum=1024, metavar="SIZE"),
-    "architecture": Setting(str, "disentangled: one-pixel colour head, brightness-blind "
-                                 "category branch, trained with recolouring; recipe: the "
+    "architecture": Setting(str, "disentangled: 2x2-pixel colour head, brightness-blind, "
+                                 "shape-jittered category branch, trained with recolouring; "
+                                 "recipe: the "
                                  "recipe's network and training, exactly; gap: the recipe "
                                  "with global average pooling",
                             choices=tuple(ARCHITECTURE_DEFAULTS)),

@@ -164,7 +164,7 @@ class RandomShapeJitter(keras.layers.Layer):
 
     On the category branch's input: without it that branch learns its training garments by
     heart (100 % of them right), and the style of the few garments of each combination is what
-    fails on a combination it never saw (lever 12 in docs/accuracy.md). The colour head does not
+    fails on a combination it never saw (lever 13 in docs/accuracy.md). The colour head does not
     get it: it pools over pixels, so moving them tells it nothing.
 
     Identity at inference, with no random op in the inference graph: Keras's random image
