@@ -91,7 +91,8 @@ def child_train(kind: str, n: int) -> dict:
                                       steps_per_epoch=steps, verbose=0)
     else:
         config = TrainConfig(dataset=str(FASHION))  # the defaults `fashionnet train` uses
-        model = build_model(heads, config.input_size, config.architecture, config.bn_momentum)
+        model = build_model(heads, config.input_size, config.architecture, config.bn_momentum,
+                            shape_jitter=config.shape_jitter)
         images = ours_load([r.path for r in records], cache=True, size=config.input_size)
         compile_model(model, heads, config, targets, steps_per_epoch=len(images) // 32)
         data = batches(images, targets, 32, shuffle=True, augment=config.augment,

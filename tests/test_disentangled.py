@@ -94,6 +94,21 @@ def test_shape_jitter_moves_only_the_category_input_and_only_in_training():
                                np.asarray(colour(x, training=False)), atol=1e-6)
 
 
+def test_shape_jitter_can_be_turned_off_and_on(tmp_path):
+    """--no-shape-jitter gives back the previous default; the recipe gets it only if asked."""
+    from fashionnet.cli import _config_from_args, build_parser
+
+    def names(model):
+        return {layer.name for layer in model.layers}
+
+    assert "gray_shape_jitter" not in names(build_model(HEADS, 32, shape_jitter=False))
+    assert "gray_shape_jitter" not in names(build_model(HEADS, 32, "recipe"))
+    assert "gray_shape_jitter" in names(build_model(HEADS, 32, "recipe", shape_jitter=True))
+    args = build_parser().parse_args(["train", "--dataset", "d", "--output", "o",
+                                      "--no-shape-jitter"])
+    assert _config_from_args(args).shape_jitter is False
+
+
 def test_disentangled_model_round_trips_in_safe_mode(tmp_path):
     model = build_model(HEADS, 32)
     path = tmp_path / "m.keras"
@@ -161,7 +176,9 @@ def test_architecture_brings_its_own_defaults_unless_given():
     default = TrainConfig()
     assert default.architecture == "disentangled" and default.recolor > 0
     assert default.lr_decay == "cosine" and not default.augment and default.precise_bn
+    assert default.shape_jitter
     recipe = default.with_overrides(holdout=["x"]).with_overrides(architecture="recipe")
+    assert recipe.shape_jitter is False
     assert (recipe.epochs, recipe.lr_decay, recipe.augment, recipe.recolor,
             recipe.bn_momentum, recipe.precise_bn, recipe.input_size) == (50, "recipe", False,
                                                                           0.0, 0.99, False, 96)

@@ -360,7 +360,8 @@ def train(config: TrainConfig, output: str | Path, *, overwrite: bool = False,
     images = {name: data.images[getattr(split, name)] for name in ("train", "val", "test")}
     has_val = split.mode == "standard" and len(split.val) > 0
 
-    model = build_model(heads, config.input_size, config.architecture, config.bn_momentum)
+    model = build_model(heads, config.input_size, config.architecture, config.bn_momentum,
+                        shape_jitter=config.shape_jitter)
     train_batches = batches(images["train"], targets["train"], config.batch_size, shuffle=True,
                             augment=config.augment, seed=config.seed,
                             recolor=recoloring(heads, config))

@@ -104,7 +104,8 @@ def _head(features, head: HeadSpec, units: int, momentum: float):
 
 
 def build_model(heads: Sequence[HeadSpec], input_size: int = 96,
-                variant: str = "disentangled", bn_momentum: float = 0.99) -> keras.Model:
+                variant: str = "disentangled", bn_momentum: float = 0.99,
+                shape_jitter: bool | None = None) -> keras.Model:
     """A Keras model with one output per head, named ``<head>_output``, in the heads' order.
 
     ``recipe`` flattens each trunk's feature map, as the recipe did; ``gap`` averages it over
@@ -117,10 +118,13 @@ def build_model(heads: Sequence[HeadSpec], input_size: int = 96,
     the recipe's flattened features (they beat global average pooling on held-out blue shirts,
     86 % against 79 %), so that neither shape leaks into colour nor darkness into category.
     ``bn_momentum`` 0.99 is Keras's (and the recipe's); lower it for runs of few steps, whose
-    BatchNorm moving averages would otherwise not converge.
+    BatchNorm moving averages would otherwise not converge. ``shape_jitter`` (default: on for
+    ``disentangled`` only) puts `RandomShapeJitter` on the grayscale branch's input.
     """
     if variant not in VARIANTS:
         raise ValueError(f"unknown architecture {variant!r}; choose from {VARIANTS}")
+    if shape_jitter is None:
+        shape_jitter = variant == "disentangled"
     inputs = keras.Input(shape=(input_size, input_size, 3), name="image")
     trunks = {}
     outputs = []
@@ -132,8 +136,9 @@ def build_model(heads: Sequence[HeadSpec], input_size: int = 96,
         if head.branch not in trunks:
             if head.branch == "gray":
                 gray = Grayscale(name="grayscale")(inputs)
-                if variant == "disentangled":
+                if shape_jitter:
                     gray = RandomShapeJitter(name="gray_shape_jitter")(gray)
+                if variant == "disentangled":
                     gray = RandomPhotometric(name="gray_photometric")(gray)
                     gray = ImageStandardization(name="gray_standardize")(gray)
                 trunks["gray"] = (deep_trunk(gray, "gray", pooling, bn_momentum), 256)
