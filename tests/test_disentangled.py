@@ -94,7 +94,7 @@ def test_shape_jitter_moves_only_the_category_input_and_only_in_training():
                                np.asarray(colour(x, training=False)), atol=1e-6)
 
 
-def test_shape_jitter_can_be_turned_off_and_on(tmp_path):
+def test_shape_jitter_can_be_turned_off_and_on():
     """--no-shape-jitter gives back the previous default; the recipe gets it only if asked."""
     from fashionnet.cli import _config_from_args, build_parser
 
