@@ -111,15 +111,19 @@ def spread(values: list[float]) -> dict:
             "runs": len(values)}
 
 
-def recipe_bundle_model(folder: Path) -> Path:
-    """An untrained recipe network saved as model.keras, for the recipe's latency rows."""
+def recipe_model():
+    """The recipe network at 96 px, untrained: latency does not depend on the weights."""
     from fashionnet.heads import HeadSpec
     from fashionnet.model.fashionnet import build_model
 
-    model = build_model([HeadSpec("color", ["black", "blue", "red"], branch="color"),
-                         HeadSpec("category", ["dress", "jeans", "shirt", "shoes"])],
-                        96, "recipe")
-    model.save(folder / "model.keras")
+    return build_model([HeadSpec("color", ["black", "blue", "red"], branch="color"),
+                        HeadSpec("category", ["dress", "jeans", "shirt", "shoes"])],
+                       96, "recipe")
+
+
+def recipe_bundle_model(folder: Path) -> Path:
+    """An untrained recipe network saved as model.keras, for the recipe's latency rows."""
+    recipe_model().save(folder / "model.keras")
     return folder
 
 

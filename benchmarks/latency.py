@@ -16,25 +16,17 @@ import argparse
 import json
 import os
 import platform
-import statistics
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
-
-ROOT = Path(__file__).resolve().parents[1]
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+from bench import ROOT, recipe_model, spread  # benchmarks/ is on sys.path when run as a script
 
 
 def recipe_onnx(folder: Path) -> Path:
     """The recipe network at 96 px, untrained, exported to ONNX."""
-    from fashionnet.heads import HeadSpec
-    from fashionnet.model.fashionnet import build_model
-
-    model = build_model([HeadSpec("color", ["black", "blue", "red"], branch="color"),
-                         HeadSpec("category", ["dress", "jeans", "shirt", "shoes"])],
-                        96, "recipe")
+    model = recipe_model()
     model(np.zeros((1, 96, 96, 3), np.float32))
     path = folder / "recipe.onnx"
     model.export(str(path), format="onnx", verbose=False)
@@ -76,8 +68,7 @@ def main() -> int:
                     call()
                 per_call[name].append(1000 * (time.perf_counter() - start) / args.calls)
 
-    rows = {name: {"min": min(v), "median": statistics.median(v), "max": max(v), "rounds": v}
-            for name, v in per_call.items()}
+    rows = {name: {**spread(v), "rounds": v} for name, v in per_call.items()}
     load = os.getloadavg()
     lines = [
         "# Batch-1 latency, ONNX Runtime, interleaved",

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 import keras
 from keras import layers
 
+from fashionnet.config import ARCHITECTURE_DEFAULTS
 from fashionnet.heads import HeadSpec
 from fashionnet.model.layers import (
     BackgroundDistance,
@@ -118,13 +119,14 @@ def build_model(heads: Sequence[HeadSpec], input_size: int = 96,
     the recipe's flattened features (they beat global average pooling on held-out blue shirts,
     86 % against 79 %), so that neither shape leaks into colour nor darkness into category.
     ``bn_momentum`` 0.99 is Keras's (and the recipe's); lower it for runs of few steps, whose
-    BatchNorm moving averages would otherwise not converge. ``shape_jitter`` (default: on for
-    ``disentangled`` only) puts `RandomShapeJitter` on the grayscale branch's input.
+    BatchNorm moving averages would otherwise not converge. ``shape_jitter`` puts
+    `RandomShapeJitter` on the grayscale branch's input (default: the architecture's, from
+    `ARCHITECTURE_DEFAULTS`).
     """
     if variant not in VARIANTS:
         raise ValueError(f"unknown architecture {variant!r}; choose from {VARIANTS}")
     if shape_jitter is None:
-        shape_jitter = variant == "disentangled"
+        shape_jitter = ARCHITECTURE_DEFAULTS[variant]["shape_jitter"]
     inputs = keras.Input(shape=(input_size, input_size, 3), name="image")
     trunks = {}
     outputs = []
