@@ -75,7 +75,9 @@ def model_outputs(bundle: Bundle, images: np.ndarray, *, batch_size: int = 64,
     for start in starts:
         batch = images[start:start + batch_size].astype(np.float32) * scale
         for chunk, out in zip(chunks, extractor(batch, training=False)):
-            chunk.append(np.asarray(keras.ops.convert_to_numpy(out), dtype=np.float32))
+            # [:len(batch)]: a mirror-averaged head's embeddings hold the mirror images after
+            # the images themselves (`MirrorViews`); the doctor reads the images'.
+            chunk.append(np.asarray(keras.ops.convert_to_numpy(out), dtype=np.float32)[:len(batch)])
     arrays = [np.concatenate(c) for c in chunks]
     probs = [apply_temperature(p, bundle.temperatures.get(h.name, 1.0), h.multi)
              for p, h in zip(arrays[:count], bundle.heads)]

@@ -23,6 +23,8 @@ from fashionnet.model.layers import (
     GarmentWeightedPooling,
     Grayscale,
     ImageStandardization,
+    MirrorAverage,
+    MirrorViews,
     RandomPhotometric,
     RandomShapeJitter,
 )
@@ -94,19 +96,25 @@ def pixel_color_head(inputs, head: HeadSpec, hidden: int = 48, downsample: int =
     return layers.Activation(activation, dtype="float32", name=head.output_name)(x)
 
 
-def _head(features, head: HeadSpec, units: int, momentum: float):
+def _head(features, head: HeadSpec, units: int, momentum: float, mirrored: bool = False):
+    """FC -> ReLU -> BatchNorm -> dropout -> logits -> probabilities; ``mirrored``: the features
+    hold each image's mirror image too (`MirrorViews`), and the two predictions are averaged."""
     x = layers.Dense(units, name=f"{head.name}_fc")(features)
     x = layers.Activation("relu", name=f"{head.name}_fc_relu")(x)
     x = layers.BatchNormalization(momentum=momentum, name=f"{head.name}_fc_bn")(x)
     x = layers.Dropout(0.5, name=f"{head.name}_fc_drop")(x)
     x = layers.Dense(len(head.classes), name=f"{head.name}_logits")(x)
     activation = "sigmoid" if head.multi else "softmax"
-    return layers.Activation(activation, dtype="float32", name=head.output_name)(x)
+    if not mirrored:
+        return layers.Activation(activation, dtype="float32", name=head.output_name)(x)
+    x = layers.Activation(activation, dtype="float32", name=f"{head.name}_views")(x)
+    return MirrorAverage(dtype="float32", name=head.output_name)(x)
 
 
 def build_model(heads: Sequence[HeadSpec], input_size: int = 96,
                 variant: str = "disentangled", bn_momentum: float = 0.99,
-                shape_jitter: bool | None = None) -> keras.Model:
+                shape_jitter: bool | None = None,
+                mirror_average: bool | None = None) -> keras.Model:
     """A Keras model with one output per head, named ``<head>_output``, in the heads' order.
 
     ``recipe`` flattens each trunk's feature map, as the recipe did; ``gap`` averages it over
@@ -121,12 +129,17 @@ def build_model(heads: Sequence[HeadSpec], input_size: int = 96,
     ``bn_momentum`` 0.99 is Keras's (and the recipe's); lower it for runs of few steps, whose
     BatchNorm moving averages would otherwise not converge. ``shape_jitter`` puts
     `RandomShapeJitter` on the grayscale branch's input (default: the architecture's, from
-    `ARCHITECTURE_DEFAULTS`).
+    `ARCHITECTURE_DEFAULTS`). ``mirror_average`` makes the grayscale branch's heads predict, at
+    inference, from each image and its mirror image, averaged (`MirrorViews`; default: the
+    architecture's). The colour head needs no such thing: it pools over pixels, so a mirror image
+    gives it the same answer.
     """
     if variant not in VARIANTS:
         raise ValueError(f"unknown architecture {variant!r}; choose from {VARIANTS}")
     if shape_jitter is None:
         shape_jitter = ARCHITECTURE_DEFAULTS[variant]["shape_jitter"]
+    if mirror_average is None:
+        mirror_average = ARCHITECTURE_DEFAULTS[variant]["mirror_average"]
     inputs = keras.Input(shape=(input_size, input_size, 3), name="image")
     trunks = {}
     outputs = []
@@ -138,6 +151,8 @@ def build_model(heads: Sequence[HeadSpec], input_size: int = 96,
         if head.branch not in trunks:
             if head.branch == "gray":
                 gray = Grayscale(name="grayscale")(inputs)
+                if mirror_average:
+                    gray = MirrorViews(name="gray_mirror_views")(gray)
                 if shape_jitter:
                     gray = RandomShapeJitter(name="gray_shape_jitter")(gray)
                 if variant == "disentangled":
@@ -149,7 +164,8 @@ def build_model(heads: Sequence[HeadSpec], input_size: int = 96,
             else:
                 trunks["color"] = (shallow_trunk(inputs, "color", pooling, bn_momentum), 128)
         features, units = trunks[head.branch]
-        outputs.append(_head(features, head, units, bn_momentum))
+        mirrored = mirror_average and head.branch == "gray"
+        outputs.append(_head(features, head, units, bn_momentum, mirrored))
     return keras.Model(inputs, outputs, name="fashionnet")
 
 

@@ -194,6 +194,40 @@ class RandomShapeJitter(keras.layers.Layer):
 
 
 @keras.saving.register_keras_serializable(PACKAGE)
+class MirrorViews(keras.layers.Layer):
+    """Inference only: the batch followed by its mirror images (twice the rows); `MirrorAverage`
+    folds the two back. Identity in training, so training costs nothing more.
+
+    On the category branch of a network trained on mirrored images (`RandomShapeJitter`),
+    averaging the prediction over an image and its mirror image removes the left/right accidents
+    of a photo: over the fashion set's six held-out combinations it lifted mean unseen exact
+    match 89.4 -> 89.9 % and seen 93.85 -> 94.1 % (lever 15 in docs/accuracy.md).
+    """
+
+    def call(self, inputs, training=None):
+        if training:
+            return inputs
+        return ops.concatenate([inputs, ops.flip(inputs, axis=2)], axis=0)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+
+@keras.saving.register_keras_serializable(PACKAGE)
+class MirrorAverage(keras.layers.Layer):
+    """Inference only: the mean of the two halves of a batch made by `MirrorViews`."""
+
+    def call(self, inputs, training=None):
+        if training:
+            return inputs
+        width = ops.shape(inputs)[-1]
+        return ops.mean(ops.reshape(inputs, (2, -1, width)), axis=0)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+
+@keras.saving.register_keras_serializable(PACKAGE)
 class ImageStandardization(keras.layers.Layer):
     """Per image: zero mean, unit variance, so overall brightness and contrast carry no signal."""
 
