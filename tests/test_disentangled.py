@@ -79,7 +79,7 @@ def test_photometric_augmentation_only_in_training():
 def test_shape_jitter_moves_only_the_category_input_and_only_in_training():
     """Mirror/shift/zoom reach the category branch in training; inference and the colour head
     (which pools over pixels, so has nothing to gain) never see them."""
-    model = build_model(HEADS, 32)
+    model = build_model(HEADS, 32, mirror_average=False)  # one view per image at inference
     jittered = keras.Model(model.input, model.get_layer("gray_shape_jitter").output)
     gray = keras.Model(model.input, model.get_layer("grayscale").output)
     x = np.stack([_garment(box=(4, 20, 2, 14)), _garment(box=(10, 30, 16, 30))]).astype(
@@ -107,6 +107,64 @@ def test_shape_jitter_can_be_turned_off_and_on():
     args = build_parser().parse_args(["train", "--dataset", "d", "--output", "o",
                                       "--no-shape-jitter"])
     assert _config_from_args(args).shape_jitter is False
+
+
+def _mirror_free_twin(model, **kwargs):
+    """The same network and weights without mirror averaging."""
+    twin = build_model(kwargs.pop("heads", HEADS), 32, mirror_average=False, **kwargs)
+    for layer in twin.layers:
+        if layer.weights:
+            layer.set_weights(model.get_layer(layer.name).get_weights())
+    return twin
+
+
+def test_mirror_average_predicts_from_the_image_and_its_mirror_image():
+    """At inference the category output is the mean of the twin's outputs on the image and on
+    its mirror image; the colour output is the twin's; training sees one view per image."""
+    model = build_model(HEADS, 32)
+    twin = _mirror_free_twin(model)
+    x = np.stack([_garment(box=(4, 20, 2, 14)), _garment(box=(10, 30, 16, 30), color=(20, 20, 200))]
+                 ).astype(np.float32) / 255
+    colour, category = (np.asarray(o) for o in model(x, training=False))
+    plain = [np.asarray(o) for o in twin(x, training=False)]
+    mirrored = [np.asarray(o) for o in twin(x[:, :, ::-1], training=False)]
+    np.testing.assert_allclose(category, (plain[1] + mirrored[1]) / 2, atol=1e-6)
+    assert not np.allclose(plain[1], mirrored[1], atol=1e-4)  # the mirror really counted
+    np.testing.assert_allclose(colour, plain[0], atol=1e-6)
+    assert [tuple(o.shape) for o in model(x, training=True)] == [(2, 3), (2, 4)]
+    views = model.get_layer("gray_mirror_views")
+    np.testing.assert_array_equal(np.asarray(views(x[..., :1], training=True)), x[..., :1])
+    assert tuple(views(x[..., :1], training=False).shape) == (4, 32, 32, 1)
+
+
+def test_mirror_average_covers_every_head_of_the_category_branch():
+    """Two heads on the grayscale branch, one multi-label: both average their own views."""
+    heads = [HeadSpec("color", ["black", "red"], branch="color"),
+             HeadSpec("category", ["dress", "shoes"], branch="gray"),
+             HeadSpec("occasion", ["party", "work", "sport"], kind="multi", branch="gray")]
+    model = build_model(heads, 32)
+    twin = _mirror_free_twin(model, heads=heads)
+    x = np.random.default_rng(3).random((3, 32, 32, 3), dtype=np.float32)
+    both = [(np.asarray(a) + np.asarray(b)) / 2
+            for a, b in zip(twin(x, training=False), twin(x[:, :, ::-1], training=False))]
+    for got, want in zip(list(model(x, training=False))[1:], both[1:]):
+        np.testing.assert_allclose(np.asarray(got), want, atol=1e-6)
+
+
+def test_mirror_average_can_be_turned_off_and_on():
+    from fashionnet.cli import _config_from_args, build_parser
+
+    def names(model):
+        return {layer.name for layer in model.layers}
+
+    assert "gray_mirror_views" in names(build_model(HEADS, 32))
+    assert "gray_mirror_views" not in names(build_model(HEADS, 32, mirror_average=False))
+    assert "gray_mirror_views" not in names(build_model(HEADS, 32, "recipe"))
+    assert TrainConfig().mirror_average
+    assert TrainConfig(architecture="recipe").mirror_average is False
+    args = build_parser().parse_args(["train", "--dataset", "d", "--output", "o",
+                                      "--no-mirror-average"])
+    assert _config_from_args(args).mirror_average is False
 
 
 def test_disentangled_model_round_trips_in_safe_mode(tmp_path):

@@ -179,6 +179,13 @@ class RandomShapeJitter(keras.layers.Layer):
         self.shift_layer = keras.layers.RandomTranslation(shift, shift, fill_mode="nearest")
         self.zoom_layer = keras.layers.RandomZoom(zoom, fill_mode="nearest")
 
+    def build(self, input_shape):
+        # The random layers hold no weights; building them here keeps Keras from warning, on
+        # every load of a saved model, that this layer has "unbuilt state".
+        for layer in (self.flip_layer, self.shift_layer, self.zoom_layer):
+            layer.build(input_shape)
+        super().build(input_shape)
+
     def call(self, inputs, training=None):
         if not training:
             return inputs
