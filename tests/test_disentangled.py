@@ -12,7 +12,7 @@ from fashionnet.data.recolor import RecolorPlan, garment_mask, paint, recolor_ba
 from fashionnet.errors import FashionNetError
 from fashionnet.heads import HeadSpec
 from fashionnet.model.fashionnet import build_model
-from fashionnet.model.layers import ImageStandardization, RandomPhotometric
+from fashionnet.model.layers import ImageStandardization, RandomCutout, RandomPhotometric
 
 HEADS = [HeadSpec("color", ["black", "blue", "red"], branch="color"),
          HeadSpec("category", ["dress", "jeans", "shirt", "shoes"], branch="gray")]
@@ -165,6 +165,35 @@ def test_mirror_average_can_be_turned_off_and_on():
     args = build_parser().parse_args(["train", "--dataset", "d", "--output", "o",
                                       "--no-mirror-average"])
     assert _config_from_args(args).mirror_average is False
+
+
+def test_cutout_paints_one_flat_rectangle_and_only_in_training():
+    x = np.random.default_rng(0).random((16, 32, 32, 1)).astype(np.float32)
+    out = np.asarray(RandomCutout(rate=1.0, seed=1)(x, training=True))
+    for image, before in zip(out[..., 0], x[..., 0]):
+        changed = image != before
+        rows, cols = np.flatnonzero(changed.any(1)), np.flatnonzero(changed.any(0))
+        assert 0.2 * 32 - 2 <= len(rows) <= 0.45 * 32 + 1 and 0.2 * 32 - 2 <= len(cols) <= 0.45 * 32 + 1
+        box = changed[rows.min():rows.max() + 1, cols.min():cols.max() + 1]
+        assert box.all() and changed.sum() == box.size  # one solid rectangle, nothing else
+        assert np.unique(image[changed]).size == 1  # painted one flat gray
+    np.testing.assert_array_equal(np.asarray(RandomCutout(1.0)(x, training=False)), x)
+    never = np.asarray(RandomCutout(rate=0.0)(x, training=True))
+    np.testing.assert_array_equal(never, x)
+
+
+def test_cutout_is_off_by_default_and_reaches_the_category_branch_only_when_asked(tmp_path):
+    from fashionnet.cli import _config_from_args, build_parser
+
+    assert "gray_cutout" not in {layer.name for layer in build_model(HEADS, 32).layers}
+    build_model(HEADS, 32, cutout=0.5).save(tmp_path / "m.keras")
+    model = keras.saving.load_model(tmp_path / "m.keras", compile=False, safe_mode=True)
+    assert model.get_layer("gray_cutout").rate == 0.5
+    args = build_parser().parse_args(["train", "--dataset", "d", "--output", "o",
+                                      "--cutout", "0.5"])
+    assert _config_from_args(args).cutout == 0.5
+    with pytest.raises(FashionNetError, match="cutout must be at least 0 and at most 1"):
+        TrainConfig(cutout=1.5)
 
 
 def test_disentangled_model_round_trips_in_safe_mode(tmp_path):

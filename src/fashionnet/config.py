@@ -46,13 +46,13 @@ else:  # pragma: no cover
 #: seen on fashion's six folds, for no training time.
 ARCHITECTURE_DEFAULTS: dict[str, dict[str, Any]] = {
     "recipe": {"input_size": 96, "epochs": 50, "lr_decay": "recipe", "augment": False,
-               "shape_jitter": False, "mirror_average": False, "bn_momentum": 0.99,
+               "shape_jitter": False, "mirror_average": False, "cutout": 0.0, "bn_momentum": 0.99,
                "recolor": 0.0, "precise_bn": False},
     "gap": {"input_size": 96, "epochs": 50, "lr_decay": "recipe", "augment": False,
-            "shape_jitter": False, "mirror_average": False, "bn_momentum": 0.99,
+            "shape_jitter": False, "mirror_average": False, "cutout": 0.0, "bn_momentum": 0.99,
             "recolor": 0.0, "precise_bn": False},
     "disentangled": {"input_size": 64, "epochs": 30, "lr_decay": "cosine", "augment": False,
-                     "shape_jitter": True, "mirror_average": True, "bn_momentum": 0.9,
+                     "shape_jitter": True, "mirror_average": True, "cutout": 0.0, "bn_momentum": 0.9,
                      "recolor": 0.5, "precise_bn": True},
 }
 LR_DECAYS = ("recipe", "cosine", "none")
@@ -170,6 +170,9 @@ SETTINGS: dict[str, Setting] = {
     "augment": Setting(bool, "flips, shifts, brightness/contrast (never hue)"),
     "shape_jitter": Setting(bool, "mirror, shift and zoom the category branch's input in "
                                   "training (inside the model; the colour head never sees it)"),
+    "cutout": Setting(float, "share of training images whose category-branch input gets one "
+                             "random rectangle painted flat gray (random erasing)", minimum=0.0,
+                      maximum=1.0, metavar="P"),
     "mirror_average": Setting(bool, "at inference, average the category branch's prediction "
                                     "over the image and its mirror image (inside the model)"),
     "recolor": Setting(float, "share of training images repainted in another colour, label "
@@ -239,6 +242,7 @@ class TrainConfig:
     augment: bool | None = None
     shape_jitter: bool | None = None  # mirror/shift/zoom the grayscale branch's input
     mirror_average: bool | None = None  # predict from the image and its mirror, averaged
+    cutout: float | None = None  # random erasing of the grayscale branch's input
     recolor: float | None = None  # share of training images repainted in another colour
     label_smoothing: float = 0.0
     patience: int = 0

@@ -67,8 +67,9 @@ def render_config(dataset: str | Path, heads: str | None = None, multi: str | No
 #: The settings the template writes, in this order (the others keep their defaults).
 TEMPLATE_SETTINGS = ("dataset", "architecture", "input_size", "epochs", "batch_size",
                      "learning_rate", "lr_decay", "bn_momentum", "split", "val_fraction",
-                     "test_fraction", "seed", "holdout", "augment", "shape_jitter", "mirror_average",
-                     "recolor", "label_smoothing", "patience", "precise_bn", "multi_separator")
+                     "test_fraction", "seed", "holdout", "augment", "shape_jitter",
+                     "mirror_average", "cutout", "recolor", "label_smoothing", "patience",
+                     "precise_bn", "multi_separator")
 
 
 def toml_value(value) -> str:

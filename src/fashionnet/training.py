@@ -361,7 +361,8 @@ def train(config: TrainConfig, output: str | Path, *, overwrite: bool = False,
     has_val = split.mode == "standard" and len(split.val) > 0
 
     model = build_model(heads, config.input_size, config.architecture, config.bn_momentum,
-                        shape_jitter=config.shape_jitter, mirror_average=config.mirror_average)
+                        shape_jitter=config.shape_jitter, mirror_average=config.mirror_average,
+                        cutout=config.cutout)
     train_batches = batches(images["train"], targets["train"], config.batch_size, shuffle=True,
                             augment=config.augment, seed=config.seed,
                             recolor=recoloring(heads, config))

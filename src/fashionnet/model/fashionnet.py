@@ -25,6 +25,7 @@ from fashionnet.model.layers import (
     ImageStandardization,
     MirrorAverage,
     MirrorViews,
+    RandomCutout,
     RandomPhotometric,
     RandomShapeJitter,
 )
@@ -114,7 +115,7 @@ def _head(features, head: HeadSpec, units: int, momentum: float, mirrored: bool 
 def build_model(heads: Sequence[HeadSpec], input_size: int = 96,
                 variant: str = "disentangled", bn_momentum: float = 0.99,
                 shape_jitter: bool | None = None,
-                mirror_average: bool | None = None) -> keras.Model:
+                mirror_average: bool | None = None, cutout: float | None = None) -> keras.Model:
     """A Keras model with one output per head, named ``<head>_output``, in the heads' order.
 
     ``recipe`` flattens each trunk's feature map, as the recipe did; ``gap`` averages it over
@@ -132,7 +133,8 @@ def build_model(heads: Sequence[HeadSpec], input_size: int = 96,
     `ARCHITECTURE_DEFAULTS`). ``mirror_average`` makes the grayscale branch's heads predict, at
     inference, from each image and its mirror image, averaged (`MirrorViews`; default: the
     architecture's). The colour head needs no such thing: it pools over pixels, so a mirror image
-    gives it the same answer.
+    gives it the same answer. ``cutout`` > 0 paints a random rectangle of that share of the
+    grayscale branch's training inputs flat gray (`RandomCutout`; default: the architecture's).
     """
     if variant not in VARIANTS:
         raise ValueError(f"unknown architecture {variant!r}; choose from {VARIANTS}")
@@ -140,6 +142,8 @@ def build_model(heads: Sequence[HeadSpec], input_size: int = 96,
         shape_jitter = ARCHITECTURE_DEFAULTS[variant]["shape_jitter"]
     if mirror_average is None:
         mirror_average = ARCHITECTURE_DEFAULTS[variant]["mirror_average"]
+    if cutout is None:
+        cutout = ARCHITECTURE_DEFAULTS[variant]["cutout"]
     inputs = keras.Input(shape=(input_size, input_size, 3), name="image")
     trunks = {}
     outputs = []
@@ -155,6 +159,8 @@ def build_model(heads: Sequence[HeadSpec], input_size: int = 96,
                     gray = MirrorViews(name="gray_mirror_views")(gray)
                 if shape_jitter:
                     gray = RandomShapeJitter(name="gray_shape_jitter")(gray)
+                if cutout > 0:
+                    gray = RandomCutout(cutout, name="gray_cutout")(gray)
                 if variant == "disentangled":
                     gray = RandomPhotometric(name="gray_photometric")(gray)
                     gray = ImageStandardization(name="gray_standardize")(gray)

@@ -201,6 +201,48 @@ class RandomShapeJitter(keras.layers.Layer):
 
 
 @keras.saving.register_keras_serializable(PACKAGE)
+class RandomCutout(keras.layers.Layer):
+    """Training only: with probability ``rate``, one random rectangle of each image (each side
+    ``min_side``..``max_side`` of the image's) is painted one random flat gray.
+
+    On the category branch's input ("random erasing"): a garment whose neckline or pocket is
+    hidden must still be named, so the branch cannot rest on the one detail that happened to
+    tell its few training garments apart. Identity at inference; no random op in the inference
+    graph (see `RandomShapeJitter`).
+    """
+
+    def __init__(self, rate: float = 0.5, min_side: float = 0.2, max_side: float = 0.45,
+                 seed: int | None = None, **kwargs):
+        super().__init__(**kwargs)
+        self.rate, self.min_side, self.max_side, self.seed = rate, min_side, max_side, seed
+        self.seed_generator = keras.random.SeedGenerator(seed)
+
+    def call(self, inputs, training=None):
+        if not training or self.rate <= 0:
+            return inputs
+        n, height, width = ops.shape(inputs)[0], ops.shape(inputs)[1], ops.shape(inputs)[2]
+
+        def uniform(low, high):
+            return keras.random.uniform((n, 1, 1, 1), low, high, seed=self.seed_generator)
+
+        box_h, box_w = uniform(self.min_side, self.max_side), uniform(self.min_side, self.max_side)
+        top, left = uniform(0.0, 1.0) * (1.0 - box_h), uniform(0.0, 1.0) * (1.0 - box_w)
+        rows = (ops.cast(ops.arange(height), inputs.dtype) + 0.5) / ops.cast(height, inputs.dtype)
+        cols = (ops.cast(ops.arange(width), inputs.dtype) + 0.5) / ops.cast(width, inputs.dtype)
+        rows, cols = ops.reshape(rows, (1, -1, 1, 1)), ops.reshape(cols, (1, 1, -1, 1))
+        inside = ((rows >= top) & (rows < top + box_h) & (cols >= left) & (cols < left + box_w)
+                  & (uniform(0.0, 1.0) < self.rate))
+        return ops.where(inside, uniform(0.0, 1.0), inputs)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {**super().get_config(), "rate": self.rate, "min_side": self.min_side,
+                "max_side": self.max_side, "seed": self.seed}
+
+
+@keras.saving.register_keras_serializable(PACKAGE)
 class MirrorViews(keras.layers.Layer):
     """Inference only: the batch followed by its mirror images (twice the rows); `MirrorAverage`
     folds the two back. Identity in training, so training costs nothing more.
