@@ -42,8 +42,8 @@ else:  # pragma: no cover
 #: (`shape_jitter`, `model.layers.RandomShapeJitter`): on fashion it lifted the worst held-out
 #: combination 80 -> 88 %, on apparel it cost held-out white shoes 3 points (docs/accuracy.md).
 #: Having seen mirror images in training, the category branch then predicts from an image and
-#: its mirror image, averaged (`mirror_average`, `model.layers.MirrorViews`): +0.5 unseen, +0.3
-#: seen on fashion's six folds, for no training time.
+#: its mirror image, averaged (`mirror_average`, `model.layers.MirrorViews`): on fashion's six
+#: folds +0.5 unseen, +0.3 seen with the same weights (+0.2 / +0.1 retrained), no training cost.
 ARCHITECTURE_DEFAULTS: dict[str, dict[str, Any]] = {
     "recipe": {"input_size": 96, "epochs": 50, "lr_decay": "recipe", "augment": False,
                "shape_jitter": False, "mirror_average": False, "cutout": 0.0, "bn_momentum": 0.99,
