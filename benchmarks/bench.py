@@ -76,7 +76,7 @@ def child_train(kind: str, n: int) -> dict:
     from fashionnet.data.sources import read_folders
     from fashionnet.heads import HeadSpec, encode_targets
     from fashionnet.model.fashionnet import build_model
-    from fashionnet.training import compile_model, recoloring
+    from fashionnet.training import compile_model, model_for, recoloring
 
     records = read_folders(FASHION)  # the whole dataset in memory, as the recipe holds it
     heads = [HeadSpec("color", ["black", "blue", "red"], branch="color"),
@@ -91,8 +91,7 @@ def child_train(kind: str, n: int) -> dict:
                                       steps_per_epoch=steps, verbose=0)
     else:
         config = TrainConfig(dataset=str(FASHION))  # the defaults `fashionnet train` uses
-        model = build_model(heads, config.input_size, config.architecture, config.bn_momentum,
-                            shape_jitter=config.shape_jitter)
+        model = model_for(config, heads)
         images = ours_load([r.path for r in records], cache=True, size=config.input_size)
         compile_model(model, heads, config, targets, steps_per_epoch=len(images) // 32)
         data = batches(images, targets, 32, shuffle=True, augment=config.augment,

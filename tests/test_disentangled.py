@@ -13,6 +13,7 @@ from fashionnet.errors import FashionNetError
 from fashionnet.heads import HeadSpec
 from fashionnet.model.fashionnet import build_model
 from fashionnet.model.layers import ImageStandardization, RandomCutout, RandomPhotometric
+from fashionnet.training import model_for
 
 HEADS = [HeadSpec("color", ["black", "blue", "red"], branch="color"),
          HeadSpec("category", ["dress", "jeans", "shirt", "shoes"], branch="gray")]
@@ -160,6 +161,8 @@ def test_mirror_average_can_be_turned_off_and_on():
     assert "gray_mirror_views" in names(build_model(HEADS, 32))
     assert "gray_mirror_views" not in names(build_model(HEADS, 32, mirror_average=False))
     assert "gray_mirror_views" not in names(build_model(HEADS, 32, "recipe"))
+    assert "gray_mirror_views" not in names(model_for(TrainConfig(mirror_average=False,
+                                                                  input_size=32), HEADS))
     assert TrainConfig().mirror_average
     assert TrainConfig(architecture="recipe").mirror_average is False
     args = build_parser().parse_args(["train", "--dataset", "d", "--output", "o",
@@ -186,6 +189,8 @@ def test_cutout_is_off_by_default_and_reaches_the_category_branch_only_when_aske
     from fashionnet.cli import _config_from_args, build_parser
 
     assert "gray_cutout" not in {layer.name for layer in build_model(HEADS, 32).layers}
+    trained = model_for(TrainConfig(cutout=0.25, input_size=32), HEADS)  # what `train` builds
+    assert trained.get_layer("gray_cutout").rate == 0.25
     build_model(HEADS, 32, cutout=0.5).save(tmp_path / "m.keras")
     model = keras.saving.load_model(tmp_path / "m.keras", compile=False, safe_mode=True)
     assert model.get_layer("gray_cutout").rate == 0.5

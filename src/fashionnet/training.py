@@ -144,6 +144,14 @@ def recoloring(heads: Sequence[HeadSpec], config: TrainConfig) -> Recoloring | N
     return None
 
 
+def model_for(config: TrainConfig, heads: Sequence[HeadSpec]) -> keras.Model:
+    """The network `train` builds for ``config``: architecture, input size and the
+    architecture's switches, each from the config."""
+    return build_model(heads, config.input_size, config.architecture, config.bn_momentum,
+                       shape_jitter=config.shape_jitter, mirror_average=config.mirror_average,
+                       cutout=config.cutout)
+
+
 def compile_model(model, heads: Sequence[HeadSpec], config: TrainConfig,
                   train_targets: dict[str, np.ndarray], steps_per_epoch: int = 1) -> None:
     lr = learning_rate(config, steps_per_epoch)
@@ -360,9 +368,7 @@ def train(config: TrainConfig, output: str | Path, *, overwrite: bool = False,
     images = {name: data.images[getattr(split, name)] for name in ("train", "val", "test")}
     has_val = split.mode == "standard" and len(split.val) > 0
 
-    model = build_model(heads, config.input_size, config.architecture, config.bn_momentum,
-                        shape_jitter=config.shape_jitter, mirror_average=config.mirror_average,
-                        cutout=config.cutout)
+    model = model_for(config, heads)
     train_batches = batches(images["train"], targets["train"], config.batch_size, shuffle=True,
                             augment=config.augment, seed=config.seed,
                             recolor=recoloring(heads, config))
