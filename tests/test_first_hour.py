@@ -317,6 +317,7 @@ def test_a_bare_dataset_path_hints_at_dataset(capsys):
     ("augment = 1", "augment must be true or false, not 1"),
     ('shape_jitter = "yes"', "shape_jitter must be true or false, not 'yes'"),
     ("mirror_average = [true]", "mirror_average must be true or false, not [True]"),
+    ("cutout = 'half'", "cutout must be a number, not 'half'"),
     ("val_fraction = 0.5\ntest_fraction = 0.5", "val_fraction + test_fraction must be below 1"),
     ('[[heads]]\nname = "tags"\nkind = "multi"\nthreshold = 3',
      "head 'tags': threshold must be from 0 to 1, not 3"),

@@ -138,12 +138,10 @@ def build_model(heads: Sequence[HeadSpec], input_size: int = 96,
     """
     if variant not in VARIANTS:
         raise ValueError(f"unknown architecture {variant!r}; choose from {VARIANTS}")
-    if shape_jitter is None:
-        shape_jitter = ARCHITECTURE_DEFAULTS[variant]["shape_jitter"]
-    if mirror_average is None:
-        mirror_average = ARCHITECTURE_DEFAULTS[variant]["mirror_average"]
-    if cutout is None:
-        cutout = ARCHITECTURE_DEFAULTS[variant]["cutout"]
+    defaults = ARCHITECTURE_DEFAULTS[variant]
+    shape_jitter = defaults["shape_jitter"] if shape_jitter is None else shape_jitter
+    mirror_average = defaults["mirror_average"] if mirror_average is None else mirror_average
+    cutout = defaults["cutout"] if cutout is None else cutout
     inputs = keras.Input(shape=(input_size, input_size, 3), name="image")
     trunks = {}
     outputs = []

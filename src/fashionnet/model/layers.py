@@ -15,6 +15,11 @@ PACKAGE = "fashionnet"
 EPSILON = 1e-7
 
 
+def per_image_uniform(images, low: float, high: float, seed_generator):
+    """One uniform draw per image, shaped (n, 1, 1, 1) to broadcast over its pixels."""
+    return keras.random.uniform((ops.shape(images)[0], 1, 1, 1), low, high, seed=seed_generator)
+
+
 @keras.saving.register_keras_serializable(PACKAGE)
 class Grayscale(keras.layers.Layer):
     """RGB -> luminance (ITU-R 601), so the category branch cannot use colour."""
@@ -139,14 +144,13 @@ class RandomPhotometric(keras.layers.Layer):
     def call(self, inputs, training=None):
         if not training:
             return inputs
-        shape = (ops.shape(inputs)[0], 1, 1, 1)
         spread = float(math.log1p(self.gamma))
-        gamma = ops.exp(keras.random.uniform(shape, -spread, spread, seed=self.seed_generator))
+        gamma = ops.exp(per_image_uniform(inputs, -spread, spread, self.seed_generator))
         x = ops.power(ops.clip(inputs, EPSILON, 1.0), gamma)
-        contrast = keras.random.uniform(shape, 1.0 - self.contrast, 1.0 + self.contrast,
-                                        seed=self.seed_generator)
-        brightness = keras.random.uniform(shape, -self.brightness, self.brightness,
-                                          seed=self.seed_generator)
+        contrast = per_image_uniform(inputs, 1.0 - self.contrast, 1.0 + self.contrast,
+                                     self.seed_generator)
+        brightness = per_image_uniform(inputs, -self.brightness, self.brightness,
+                                       self.seed_generator)
         mean = ops.mean(x, axis=(1, 2, 3), keepdims=True)
         return ops.clip((x - mean) * contrast + mean + brightness, 0.0, 1.0)
 
@@ -220,10 +224,10 @@ class RandomCutout(keras.layers.Layer):
     def call(self, inputs, training=None):
         if not training or self.rate <= 0:
             return inputs
-        n, height, width = ops.shape(inputs)[0], ops.shape(inputs)[1], ops.shape(inputs)[2]
+        height, width = ops.shape(inputs)[1], ops.shape(inputs)[2]
 
         def uniform(low, high):
-            return keras.random.uniform((n, 1, 1, 1), low, high, seed=self.seed_generator)
+            return per_image_uniform(inputs, low, high, self.seed_generator)
 
         box_h, box_w = uniform(self.min_side, self.max_side), uniform(self.min_side, self.max_side)
         top, left = uniform(0.0, 1.0) * (1.0 - box_h), uniform(0.0, 1.0) * (1.0 - box_w)
