@@ -201,6 +201,83 @@ def test_cutout_is_off_by_default_and_reaches_the_category_branch_only_when_aske
         TrainConfig(cutout=1.5)
 
 
+def _with_garment_map(score: float = 1.0, **kwargs):
+    """A model with the garment map on, its map's score weights set to ``score``."""
+    model = build_model(HEADS, 32, garment_map=True, **kwargs)
+    layer = model.get_layer("color_garment_score")
+    kernel, bias = layer.get_weights()
+    layer.set_weights([np.full_like(kernel, score), bias])
+    return model
+
+
+def test_garment_map_never_trains_the_category_branch():
+    """The colour loss reaches the map's own score weights, never the grayscale trunk's
+    (darkness must not become a category feature again)."""
+    import tensorflow as tf
+
+    model = _with_garment_map(0.05)
+    x = np.stack([_garment(), _garment(color=(20, 20, 200))]).astype(np.float32) / 255
+    with tf.GradientTape() as tape:
+        colour = model(x, training=True)[0]
+        loss = keras.ops.mean(keras.losses.categorical_crossentropy(np.eye(3)[[2, 1]], colour))
+    gray = [w for layer in model.layers if layer.name.startswith("gray")
+            for w in layer.trainable_weights]
+    score = model.get_layer("color_garment_score").trainable_weights
+    grads = tape.gradient(loss, gray + score)
+    assert gray and all(g is None or not np.any(np.asarray(g)) for g in grads[:len(gray)])
+    assert np.any(np.asarray(grads[len(gray)]))
+
+
+def test_garment_map_moves_where_the_colour_head_looks_not_what_it_sees():
+    """A map that starts at zero changes nothing; a trained one changes the colour output of a
+    two-garment photo; and each image's answer is its own, whatever the batch (mirror averaging
+    doubles the category branch's rows)."""
+    plain = build_model(HEADS, 32, mirror_average=False)
+    zero = _with_garment_map(0.0, mirror_average=False)
+    for layer in plain.layers:
+        if layer.weights:
+            zero.get_layer(layer.name).set_weights(layer.get_weights())
+    two = _garment(color=(200, 30, 30), box=(2, 14, 4, 28))
+    two[16:30, 4:28] = _garment(color=(20, 20, 200), box=(16, 30, 4, 28))[16:30, 4:28]
+    x = np.stack([two, _garment()]).astype(np.float32) / 255
+    np.testing.assert_allclose(np.asarray(zero(x, training=False)[0]),
+                               np.asarray(plain(x, training=False)[0]), atol=1e-6)
+    mapped = _with_garment_map(1.0)
+    for layer in plain.layers:
+        if layer.weights:
+            mapped.get_layer(layer.name).set_weights(layer.get_weights())
+    batch = np.asarray(mapped(x, training=False)[0])
+    for a, b in zip(mapped(x), mapped(x, training=False)):  # no layer leaks training=True
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6)
+    assert not np.allclose(batch[0], np.asarray(plain(x, training=False)[0])[0], atol=1e-4)
+    for i in range(2):
+        np.testing.assert_allclose(np.asarray(mapped(x[i:i + 1], training=False)[0])[0],
+                                   batch[i], atol=1e-5)
+
+
+def test_garment_map_moves_the_jitter_to_the_input_both_branches_read(tmp_path):
+    from fashionnet.cli import _config_from_args, build_parser
+
+    def names(model):
+        return {layer.name for layer in model.layers}
+
+    model = model_for(TrainConfig(garment_map=True, input_size=32), HEADS)  # what `train` builds
+    assert {"shape_jitter", "color_garment_score"} <= names(model)
+    assert "gray_shape_jitter" not in names(model)
+    assert "color_garment_score" not in names(build_model(HEADS, 32))  # off by default
+    colour_only = [HEADS[0]]  # no category branch to read: no map
+    assert "color_garment_score" not in names(build_model(colour_only, 32, garment_map=True))
+    assert "color_garment_score" not in names(build_model(HEADS, 32, "recipe", garment_map=True))
+    model.save(tmp_path / "m.keras")
+    loaded = keras.saving.load_model(tmp_path / "m.keras", compile=False, safe_mode=True)
+    x = _garment()[None].astype(np.float32) / 255
+    for a, b in zip(model(x, training=False), loaded(x, training=False)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6)
+    args = build_parser().parse_args(["train", "--dataset", "d", "--output", "o",
+                                      "--garment-map"])
+    assert _config_from_args(args).garment_map is True
+
+
 def test_disentangled_model_round_trips_in_safe_mode(tmp_path):
     model = build_model(HEADS, 32)
     path = tmp_path / "m.keras"

@@ -69,3 +69,20 @@ def test_runtime_classifies_with_tensorflow_and_keras_unimportable(exported, tin
     check = subprocess.run([sys.executable, "-c", "import keras"], env=env,
                            capture_output=True, text=True, timeout=60)
     assert check.returncode != 0  # the blocker really blocks
+
+
+def test_garment_map_model_exports_with_parity(tiny_dataset, tmp_path, rng):
+    """The colour head reading the category branch's map (a stopped gradient, a row slice past
+    the mirror views, a bilinear resize) exports to ONNX and gives Keras's numbers."""
+    from fashionnet import TrainConfig, train
+
+    config = TrainConfig(dataset=str(tiny_dataset), epochs=1, input_size=32, batch_size=16,
+                         garment_map=True, cache=False)
+    path = tmp_path / "run"
+    train(config, path, verbose=0)
+    assert main(["export", str(path), "--format", "onnx"]) == 0
+    images = rng.integers(0, 256, (20, 32, 32, 3), dtype=np.uint8)
+    keras_probs = load(path, backend="keras").predict_probabilities(images)
+    onnx_probs = load(path, backend="auto").predict_probabilities(images)
+    for a, b in zip(keras_probs, onnx_probs):
+        assert np.abs(a - b).max() < 1e-4

@@ -318,6 +318,7 @@ def test_a_bare_dataset_path_hints_at_dataset(capsys):
     ('shape_jitter = "yes"', "shape_jitter must be true or false, not 'yes'"),
     ("mirror_average = [true]", "mirror_average must be true or false, not [True]"),
     ("cutout = 'half'", "cutout must be a number, not 'half'"),
+    ("garment_map = 0", "garment_map must be true or false, not 0"),
     ("val_fraction = 0.5\ntest_fraction = 0.5", "val_fraction + test_fraction must be below 1"),
     ('[[heads]]\nname = "tags"\nkind = "multi"\nthreshold = 3',
      "head 'tags': threshold must be from 0 to 1, not 3"),

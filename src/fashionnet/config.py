@@ -46,14 +46,15 @@ else:  # pragma: no cover
 #: folds +0.5 unseen, +0.3 seen with the same weights (+0.2 / +0.1 retrained), no training cost.
 ARCHITECTURE_DEFAULTS: dict[str, dict[str, Any]] = {
     "recipe": {"input_size": 96, "epochs": 50, "lr_decay": "recipe", "augment": False,
-               "shape_jitter": False, "mirror_average": False, "cutout": 0.0, "bn_momentum": 0.99,
-               "recolor": 0.0, "precise_bn": False},
+               "shape_jitter": False, "mirror_average": False, "cutout": 0.0,
+               "garment_map": False, "bn_momentum": 0.99, "recolor": 0.0, "precise_bn": False},
     "gap": {"input_size": 96, "epochs": 50, "lr_decay": "recipe", "augment": False,
-            "shape_jitter": False, "mirror_average": False, "cutout": 0.0, "bn_momentum": 0.99,
-            "recolor": 0.0, "precise_bn": False},
+            "shape_jitter": False, "mirror_average": False, "cutout": 0.0,
+            "garment_map": False, "bn_momentum": 0.99, "recolor": 0.0, "precise_bn": False},
     "disentangled": {"input_size": 64, "epochs": 30, "lr_decay": "cosine", "augment": False,
-                     "shape_jitter": True, "mirror_average": True, "cutout": 0.0, "bn_momentum": 0.9,
-                     "recolor": 0.5, "precise_bn": True},
+                     "shape_jitter": True, "mirror_average": True, "cutout": 0.0,
+                     "garment_map": False, "bn_momentum": 0.9, "recolor": 0.5,
+                     "precise_bn": True},
 }
 LR_DECAYS = ("recipe", "cosine", "none")
 
@@ -175,6 +176,8 @@ SETTINGS: dict[str, Setting] = {
                       maximum=1.0, metavar="P"),
     "mirror_average": Setting(bool, "at inference, average the category branch's prediction "
                                     "over the image and its mirror image (inside the model)"),
+    "garment_map": Setting(bool, "colour heads weight their pooling by the category branch's "
+                                 "feature map (where the garment is; read only)"),
     "recolor": Setting(float, "share of training images repainted in another colour, label "
                               "moved with it", minimum=0.0, maximum=1.0, metavar="P"),
     "label_smoothing": Setting(float, "label smoothing of the single-label losses", minimum=0.0,
@@ -243,6 +246,7 @@ class TrainConfig:
     shape_jitter: bool | None = None  # mirror/shift/zoom the grayscale branch's input
     mirror_average: bool | None = None  # predict from the image and its mirror, averaged
     cutout: float | None = None  # random erasing of the grayscale branch's input
+    garment_map: bool | None = None  # colour pooling weighted by the grayscale feature map
     recolor: float | None = None  # share of training images repainted in another colour
     label_smoothing: float = 0.0
     patience: int = 0

@@ -149,7 +149,7 @@ def model_for(config: TrainConfig, heads: Sequence[HeadSpec]) -> keras.Model:
     architecture's switches, each from the config."""
     return build_model(heads, config.input_size, config.architecture, config.bn_momentum,
                        shape_jitter=config.shape_jitter, mirror_average=config.mirror_average,
-                       cutout=config.cutout)
+                       cutout=config.cutout, garment_map=config.garment_map)
 
 
 def compile_model(model, heads: Sequence[HeadSpec], config: TrainConfig,

@@ -20,6 +20,7 @@ from fashionnet.config import ARCHITECTURE_DEFAULTS
 from fashionnet.heads import HeadSpec
 from fashionnet.model.layers import (
     BackgroundDistance,
+    GarmentLocation,
     GarmentWeightedPooling,
     Grayscale,
     ImageStandardization,
@@ -45,30 +46,30 @@ def _pool(x, size: int, prefix: str):
 
 
 def _features(x, prefix: str, pooling: str):
+    """A trunk's feature map as one vector: flattened (the recipe) or averaged over space."""
     if pooling == "gap":
         return layers.GlobalAveragePooling2D(name=f"{prefix}_gap")(x)
     return layers.Flatten(name=f"{prefix}_flatten")(x)
 
 
-def deep_trunk(x, prefix: str, pooling: str = "flatten", momentum: float = 0.99):
+def deep_feature_map(x, prefix: str, momentum: float = 0.99):
     """The recipe's category branch: CONV32 -> POOL3 -> 2xCONV64 -> POOL -> 2xCONV128 -> POOL."""
     x = _pool(_conv(x, 32, f"{prefix}1", momentum), 3, f"{prefix}1")
     x = _conv(x, 64, f"{prefix}2a", momentum)
     x = _pool(_conv(x, 64, f"{prefix}2b", momentum), 2, f"{prefix}2")
     x = _conv(x, 128, f"{prefix}3a", momentum)
-    x = _pool(_conv(x, 128, f"{prefix}3b", momentum), 2, f"{prefix}3")
-    return _features(x, prefix, pooling)
+    return _pool(_conv(x, 128, f"{prefix}3b", momentum), 2, f"{prefix}3")
 
 
-def shallow_trunk(x, prefix: str, pooling: str = "flatten", momentum: float = 0.99):
+def shallow_feature_map(x, prefix: str, momentum: float = 0.99):
     """The recipe's colour branch: CONV16 -> POOL3 -> CONV32 -> POOL -> CONV32 -> POOL."""
     x = _pool(_conv(x, 16, f"{prefix}1", momentum), 3, f"{prefix}1")
     x = _pool(_conv(x, 32, f"{prefix}2", momentum), 2, f"{prefix}2")
-    x = _pool(_conv(x, 32, f"{prefix}3", momentum), 2, f"{prefix}3")
-    return _features(x, prefix, pooling)
+    return _pool(_conv(x, 32, f"{prefix}3", momentum), 2, f"{prefix}3")
 
 
-def pixel_color_head(inputs, head: HeadSpec, hidden: int = 48, downsample: int = 2):
+def pixel_color_head(inputs, head: HeadSpec, hidden: int = 48, downsample: int = 2,
+                     garment_map=None):
     """A colour head that cannot see shape or texture: every convolution acts on one pixel.
 
     The image is first averaged over ``downsample`` x ``downsample`` blocks; two 1x1
@@ -81,6 +82,9 @@ def pixel_color_head(inputs, head: HeadSpec, hidden: int = 48, downsample: int =
     ``hidden`` 48 rather than 24: on the quick study seen exact match +1.7 points, unseen +1.8
     (two folds, docs/accuracy.md); 96 added a point on seen but doubled the latency. The 2x2
     average cuts the head's work by four: on every pixel it made batch-1 latency 3.46 ms.
+    ``garment_map``, the category branch's feature map (`deep_feature_map`), adds a learned
+    where-is-the-garment score to the pooling weights (`GarmentLocation`): it moves which blocks
+    are averaged, never what colour a block is, so denim still cannot mean blue.
     """
     if downsample > 1:
         inputs = layers.AveragePooling2D(downsample, name=f"{head.name}_downsample")(inputs)
@@ -90,6 +94,12 @@ def pixel_color_head(inputs, head: HeadSpec, hidden: int = 48, downsample: int =
     x = layers.Conv2D(hidden, 1, activation="relu", name=f"{head.name}_pixel1")(x)
     x = layers.Conv2D(hidden, 1, activation="relu", name=f"{head.name}_pixel2")(x)
     attention = layers.Conv2D(1, 1, name=f"{head.name}_pixel_attention")(x)
+    if garment_map is not None:
+        where = GarmentLocation(name=f"{head.name}_garment_location")([garment_map, inputs])
+        # Zero at the start: the head begins as the map-free one and learns how much to trust it.
+        where = layers.Conv2D(1, 1, kernel_initializer="zeros",
+                              name=f"{head.name}_garment_score")(where)
+        attention = layers.Add(name=f"{head.name}_attention")([attention, where])
     pooled = GarmentWeightedPooling(name=f"{head.name}_pooling")([x, attention, distance])
     x = layers.Dense(hidden, activation="relu", name=f"{head.name}_fc")(pooled)
     x = layers.Dense(len(head.classes), name=f"{head.name}_logits")(x)
@@ -115,7 +125,8 @@ def _head(features, head: HeadSpec, units: int, momentum: float, mirrored: bool 
 def build_model(heads: Sequence[HeadSpec], input_size: int = 96,
                 variant: str = "disentangled", bn_momentum: float = 0.99,
                 shape_jitter: bool | None = None,
-                mirror_average: bool | None = None, cutout: float | None = None) -> keras.Model:
+                mirror_average: bool | None = None, cutout: float | None = None,
+                garment_map: bool | None = None) -> keras.Model:
     """A Keras model with one output per head, named ``<head>_output``, in the heads' order.
 
     ``recipe`` flattens each trunk's feature map, as the recipe did; ``gap`` averages it over
@@ -135,6 +146,9 @@ def build_model(heads: Sequence[HeadSpec], input_size: int = 96,
     architecture's). The colour head needs no such thing: it pools over pixels, so a mirror image
     gives it the same answer. ``cutout`` > 0 paints a random rectangle of that share of the
     grayscale branch's training inputs flat gray (`RandomCutout`; default: the architecture's).
+    ``garment_map`` lets colour heads weight their pooling by the grayscale branch's feature map
+    (`pixel_color_head`; disentangled with both branches only; default: the architecture's);
+    the shape jitter then moves to the input both branches read.
     """
     if variant not in VARIANTS:
         raise ValueError(f"unknown architecture {variant!r}; choose from {VARIANTS}")
@@ -142,32 +156,48 @@ def build_model(heads: Sequence[HeadSpec], input_size: int = 96,
     shape_jitter = defaults["shape_jitter"] if shape_jitter is None else shape_jitter
     mirror_average = defaults["mirror_average"] if mirror_average is None else mirror_average
     cutout = defaults["cutout"] if cutout is None else cutout
+    garment_map = defaults["garment_map"] if garment_map is None else garment_map
     inputs = keras.Input(shape=(input_size, input_size, 3), name="image")
-    trunks = {}
-    outputs = []
+    branches = {head.branch for head in heads}
+    garment_map = (garment_map and variant == "disentangled" and {"gray", "color"} <= branches)
+    image = inputs
+    if garment_map and shape_jitter:
+        # The colour head reads the category branch's map of the image: both must see the same
+        # mirrored, shifted, zoomed image, so the jitter moves to the shared input.
+        image = RandomShapeJitter(name="shape_jitter")(inputs)
     pooling = "gap" if variant == "gap" else "flatten"
+    trunks = {}
+
+    def trunk(branch: str):
+        """(feature map, features, dense units) of a branch, built on first use."""
+        if branch in trunks:
+            return trunks[branch]
+        if branch == "gray":
+            gray = Grayscale(name="grayscale")(image)
+            if mirror_average:
+                gray = MirrorViews(name="gray_mirror_views")(gray)
+            if shape_jitter and image is inputs:
+                gray = RandomShapeJitter(name="gray_shape_jitter")(gray)
+            if cutout > 0:
+                gray = RandomCutout(cutout, name="gray_cutout")(gray)
+            if variant == "disentangled":
+                gray = RandomPhotometric(name="gray_photometric")(gray)
+                gray = ImageStandardization(name="gray_standardize")(gray)
+            feature_map, units = deep_feature_map(gray, "gray", bn_momentum), 256
+        elif branch == "shared":
+            feature_map, units = deep_feature_map(inputs, "shared", bn_momentum), 256
+        else:
+            feature_map, units = shallow_feature_map(inputs, "color", bn_momentum), 128
+        trunks[branch] = (feature_map, _features(feature_map, branch, pooling), units)
+        return trunks[branch]
+
+    outputs = []
     for head in heads:
         if variant == "disentangled" and head.branch == "color":
-            outputs.append(pixel_color_head(inputs, head))
+            where = trunk("gray")[0] if garment_map else None
+            outputs.append(pixel_color_head(image, head, garment_map=where))
             continue
-        if head.branch not in trunks:
-            if head.branch == "gray":
-                gray = Grayscale(name="grayscale")(inputs)
-                if mirror_average:
-                    gray = MirrorViews(name="gray_mirror_views")(gray)
-                if shape_jitter:
-                    gray = RandomShapeJitter(name="gray_shape_jitter")(gray)
-                if cutout > 0:
-                    gray = RandomCutout(cutout, name="gray_cutout")(gray)
-                if variant == "disentangled":
-                    gray = RandomPhotometric(name="gray_photometric")(gray)
-                    gray = ImageStandardization(name="gray_standardize")(gray)
-                trunks["gray"] = (deep_trunk(gray, "gray", pooling, bn_momentum), 256)
-            elif head.branch == "shared":
-                trunks["shared"] = (deep_trunk(inputs, "shared", pooling, bn_momentum), 256)
-            else:
-                trunks["color"] = (shallow_trunk(inputs, "color", pooling, bn_momentum), 128)
-        features, units = trunks[head.branch]
+        _, features, units = trunk(head.branch)
         mirrored = mirror_average and head.branch == "gray"
         outputs.append(_head(features, head, units, bn_momentum, mirrored))
     return keras.Model(inputs, outputs, name="fashionnet")

@@ -316,6 +316,36 @@ class BackgroundDistance(keras.layers.Layer):
 
 
 @keras.saving.register_keras_serializable(PACKAGE)
+class GarmentLocation(keras.layers.Layer):
+    """Inputs ``[feature_map, pixels]``: the category branch's feature map, read only, resized
+    (bilinear) to the colour head's grid of pixels.
+
+    For the colour head's pooling weights (`pixel_color_head` with a garment map): the category
+    branch knows where the labelled garment is in a photo that shows several (shorts under a
+    white top), and the colour head, which sees one 2x2 block at a time, does not. The gradient
+    is stopped, so the colour loss never trains the category branch (darkness would become a
+    category cue again), and the rows are cut to the colour head's batch (`MirrorViews` doubles
+    the category branch's rows at inference; the first half are the images themselves).
+    Resized here rather than with ``keras.layers.Resizing``: that layer's ``training=True``
+    default leaks into the model's call context, and the layers after it ran in training mode
+    when called without ``training`` (as the ONNX export does).
+    """
+
+    def call(self, inputs):
+        feature_map, pixels = inputs
+        feature_map = ops.stop_gradient(feature_map[:ops.shape(pixels)[0]])
+        return ops.image.resize(feature_map, self._grid(pixels.shape), interpolation="bilinear")
+
+    @staticmethod
+    def _grid(pixels_shape) -> tuple[int, int]:
+        return int(pixels_shape[1]), int(pixels_shape[2])
+
+    def compute_output_shape(self, input_shape):
+        map_shape, pixels_shape = input_shape
+        return (map_shape[0], *self._grid(pixels_shape), map_shape[-1])
+
+
+@keras.saving.register_keras_serializable(PACKAGE)
 class GarmentWeightedPooling(keras.layers.Layer):
     """Pool per-pixel features into one vector, weighted toward the garment.
 
