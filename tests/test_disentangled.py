@@ -255,7 +255,7 @@ def test_garment_map_moves_where_the_colour_head_looks_not_what_it_sees():
                                    batch[i], atol=1e-5)
 
 
-def test_garment_map_moves_the_jitter_to_the_input_both_branches_read(tmp_path):
+def test_garment_map_moves_the_jitter_to_the_input_both_branches_read(tmp_path, caplog):
     from fashionnet.cli import _config_from_args, build_parser
 
     def names(model):
@@ -265,8 +265,11 @@ def test_garment_map_moves_the_jitter_to_the_input_both_branches_read(tmp_path):
     assert {"shape_jitter", "color_garment_score"} <= names(model)
     assert "gray_shape_jitter" not in names(model)
     assert "color_garment_score" not in names(build_model(HEADS, 32))  # off by default
-    colour_only = [HEADS[0]]  # no category branch to read: no map
+    colour_only = [HEADS[0]]  # no category branch to read: no map, and `train` says so
     assert "color_garment_score" not in names(build_model(colour_only, 32, garment_map=True))
+    with caplog.at_level("WARNING", logger="fashionnet"):
+        model_for(TrainConfig(garment_map=True, input_size=32), colour_only)
+    assert "garment_map ignored" in caplog.text
     assert "color_garment_score" not in names(build_model(HEADS, 32, "recipe", garment_map=True))
     model.save(tmp_path / "m.keras")
     loaded = keras.saving.load_model(tmp_path / "m.keras", compile=False, safe_mode=True)

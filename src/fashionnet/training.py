@@ -147,6 +147,11 @@ def recoloring(heads: Sequence[HeadSpec], config: TrainConfig) -> Recoloring | N
 def model_for(config: TrainConfig, heads: Sequence[HeadSpec]) -> keras.Model:
     """The network `train` builds for ``config``: architecture, input size and the
     architecture's switches, each from the config."""
+    branches = {head.branch for head in heads}
+    if config.garment_map and (config.architecture != "disentangled"
+                               or not {"gray", "color"} <= branches):
+        log.warning("garment_map ignored: it needs the disentangled architecture with a colour "
+                    "head and a head on the grayscale branch")
     return build_model(heads, config.input_size, config.architecture, config.bn_momentum,
                        shape_jitter=config.shape_jitter, mirror_average=config.mirror_average,
                        cutout=config.cutout, garment_map=config.garment_map)
