@@ -35,7 +35,7 @@ from fashionnet.metrics import (
     expected_calibration_error,
     fit_temperature,
 )
-from fashionnet.model.fashionnet import build_model, predict_probabilities
+from fashionnet.model.fashionnet import build_model, garment_map_applies, predict_probabilities
 from fashionnet.model.layers import HeadAccuracy, HeadLoss
 from fashionnet.plots import plot_history
 
@@ -147,9 +147,7 @@ def recoloring(heads: Sequence[HeadSpec], config: TrainConfig) -> Recoloring | N
 def model_for(config: TrainConfig, heads: Sequence[HeadSpec]) -> keras.Model:
     """The network `train` builds for ``config``: architecture, input size and the
     architecture's switches, each from the config."""
-    branches = {head.branch for head in heads}
-    if config.garment_map and (config.architecture != "disentangled"
-                               or not {"gray", "color"} <= branches):
+    if config.garment_map and not garment_map_applies(heads, config.architecture):
         log.warning("garment_map ignored: it needs the disentangled architecture with a colour "
                     "head and a head on the grayscale branch")
     return build_model(heads, config.input_size, config.architecture, config.bn_momentum,

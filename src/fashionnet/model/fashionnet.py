@@ -122,6 +122,11 @@ def _head(features, head: HeadSpec, units: int, momentum: float, mirrored: bool 
     return MirrorAverage(dtype="float32", name=head.output_name)(x)
 
 
+def garment_map_applies(heads: Sequence[HeadSpec], variant: str) -> bool:
+    """A garment map needs a pixel colour head (``disentangled``) and a grayscale branch."""
+    return variant == "disentangled" and {"gray", "color"} <= {head.branch for head in heads}
+
+
 def build_model(heads: Sequence[HeadSpec], input_size: int = 96,
                 variant: str = "disentangled", bn_momentum: float = 0.99,
                 shape_jitter: bool | None = None,
@@ -158,10 +163,10 @@ def build_model(heads: Sequence[HeadSpec], input_size: int = 96,
     cutout = defaults["cutout"] if cutout is None else cutout
     garment_map = defaults["garment_map"] if garment_map is None else garment_map
     inputs = keras.Input(shape=(input_size, input_size, 3), name="image")
-    branches = {head.branch for head in heads}
-    garment_map = (garment_map and variant == "disentangled" and {"gray", "color"} <= branches)
+    garment_map = garment_map and garment_map_applies(heads, variant)
+    shared_jitter = garment_map and shape_jitter
     image = inputs
-    if garment_map and shape_jitter:
+    if shared_jitter:
         # The colour head reads the category branch's map of the image: both must see the same
         # mirrored, shifted, zoomed image, so the jitter moves to the shared input.
         image = RandomShapeJitter(name="shape_jitter")(inputs)
@@ -176,7 +181,7 @@ def build_model(heads: Sequence[HeadSpec], input_size: int = 96,
             gray = Grayscale(name="grayscale")(image)
             if mirror_average:
                 gray = MirrorViews(name="gray_mirror_views")(gray)
-            if shape_jitter and image is inputs:
+            if shape_jitter and not shared_jitter:
                 gray = RandomShapeJitter(name="gray_shape_jitter")(gray)
             if cutout > 0:
                 gray = RandomCutout(cutout, name="gray_cutout")(gray)
