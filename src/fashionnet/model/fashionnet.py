@@ -69,7 +69,7 @@ def shallow_feature_map(x, prefix: str, momentum: float = 0.99):
 
 
 def pixel_color_head(inputs, head: HeadSpec, hidden: int = 48, downsample: int = 2,
-                     garment_map=None):
+                     garment_features=None):
     """A colour head that cannot see shape or texture: every convolution acts on one pixel.
 
     The image is first averaged over ``downsample`` x ``downsample`` blocks; two 1x1
@@ -82,7 +82,7 @@ def pixel_color_head(inputs, head: HeadSpec, hidden: int = 48, downsample: int =
     ``hidden`` 48 rather than 24: on the quick study seen exact match +1.7 points, unseen +1.8
     (two folds, docs/accuracy.md); 96 added a point on seen but doubled the latency. The 2x2
     average cuts the head's work by four: on every pixel it made batch-1 latency 3.46 ms.
-    ``garment_map``, the category branch's feature map (`deep_feature_map`), adds a learned
+    ``garment_features``, the category branch's feature map (`deep_feature_map`), add a learned
     where-is-the-garment score to the pooling weights (`GarmentLocation`): it moves which blocks
     are averaged, never what colour a block is, so denim still cannot mean blue.
     """
@@ -94,8 +94,8 @@ def pixel_color_head(inputs, head: HeadSpec, hidden: int = 48, downsample: int =
     x = layers.Conv2D(hidden, 1, activation="relu", name=f"{head.name}_pixel1")(x)
     x = layers.Conv2D(hidden, 1, activation="relu", name=f"{head.name}_pixel2")(x)
     attention = layers.Conv2D(1, 1, name=f"{head.name}_pixel_attention")(x)
-    if garment_map is not None:
-        where = GarmentLocation(name=f"{head.name}_garment_location")([garment_map, inputs])
+    if garment_features is not None:
+        where = GarmentLocation(name=f"{head.name}_garment_location")([garment_features, inputs])
         # Zero at the start: the head begins as the map-free one and learns how much to trust it.
         where = layers.Conv2D(1, 1, kernel_initializer="zeros",
                               name=f"{head.name}_garment_score")(where)
@@ -200,7 +200,7 @@ def build_model(heads: Sequence[HeadSpec], input_size: int = 96,
     for head in heads:
         if variant == "disentangled" and head.branch == "color":
             where = trunk("gray")[0] if garment_map else None
-            outputs.append(pixel_color_head(image, head, garment_map=where))
+            outputs.append(pixel_color_head(image, head, garment_features=where))
             continue
         _, features, units = trunk(head.branch)
         mirrored = mirror_average and head.branch == "gray"
