@@ -51,6 +51,19 @@ def test_holdout_goes_to_test_only_and_infeasible_is_refused():
         check_holdout(records, HEADS, ["red_shoes"])
 
 
+def test_empty_training_split_says_whether_dedupe_caused_it():
+    """Near-duplicates stay together, so a set of copies can empty the training split."""
+    records = _records(["black_jeans", "blue_dress"], n=24)
+    copies = np.repeat([0, 1], 24)  # each combination is one set of near-duplicates
+    with pytest.raises(FashionNetError, match=r"48 images are 2 set\(s\) of near-dup.*--no-dedupe"):
+        split_records(records, HEADS, groups=copies)
+    split = split_records(records, HEADS)  # the same images as distinct photos split fine
+    assert len(split.train) == 34
+    with pytest.raises(FashionNetError, match="the dataset is too small$"):
+        split_records(_records(["black_jeans"], n=2), HEADS, val_fraction=0.4,
+                      test_fraction=0.5)
+
+
 def test_recipe_mode_uses_test_as_validation():
     split = split_records(_records(["black_jeans", "blue_dress"]), HEADS, mode="recipe")
     assert split.val.tolist() == split.test.tolist() and len(split.train) == 32
