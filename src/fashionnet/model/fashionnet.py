@@ -27,6 +27,7 @@ from fashionnet.model.layers import (
     MirrorAverage,
     MirrorViews,
     RandomCutout,
+    RandomGarmentTone,
     RandomPhotometric,
     RandomShapeJitter,
 )
@@ -131,7 +132,8 @@ def build_model(heads: Sequence[HeadSpec], input_size: int = 96,
                 variant: str = "disentangled", bn_momentum: float = 0.99,
                 shape_jitter: bool | None = None,
                 mirror_average: bool | None = None, cutout: float | None = None,
-                garment_map: bool | None = None) -> keras.Model:
+                garment_map: bool | None = None, garment_tone: float | None = None
+                ) -> keras.Model:
     """A Keras model with one output per head, named ``<head>_output``, in the heads' order.
 
     ``recipe`` flattens each trunk's feature map, as the recipe did; ``gap`` averages it over
@@ -153,7 +155,9 @@ def build_model(heads: Sequence[HeadSpec], input_size: int = 96,
     grayscale branch's training inputs flat gray (`RandomCutout`; default: the architecture's).
     ``garment_map`` lets colour heads weight their pooling by the grayscale branch's feature map
     (`pixel_color_head`; disentangled with both branches only; default: the architecture's);
-    the shape jitter then moves to the input both branches read.
+    the shape jitter then moves to the input both branches read. ``garment_tone`` > 0 repaints
+    the garment of that share of the grayscale branch's training inputs at a random brightness
+    (`RandomGarmentTone`; default: the architecture's).
     """
     if variant not in VARIANTS:
         raise ValueError(f"unknown architecture {variant!r}; choose from {VARIANTS}")
@@ -162,6 +166,7 @@ def build_model(heads: Sequence[HeadSpec], input_size: int = 96,
     mirror_average = defaults["mirror_average"] if mirror_average is None else mirror_average
     cutout = defaults["cutout"] if cutout is None else cutout
     garment_map = defaults["garment_map"] if garment_map is None else garment_map
+    garment_tone = defaults["garment_tone"] if garment_tone is None else garment_tone
     inputs = keras.Input(shape=(input_size, input_size, 3), name="image")
     garment_map = garment_map and garment_map_applies(heads, variant)
     shared_jitter = garment_map and shape_jitter
@@ -181,6 +186,8 @@ def build_model(heads: Sequence[HeadSpec], input_size: int = 96,
             gray = Grayscale(name="grayscale")(image)
             if mirror_average:
                 gray = MirrorViews(name="gray_mirror_views")(gray)
+            if garment_tone > 0:  # before the jitter: it reads the backdrop off the border
+                gray = RandomGarmentTone(garment_tone, name="gray_garment_tone")(gray)
             if shape_jitter and not shared_jitter:
                 gray = RandomShapeJitter(name="gray_shape_jitter")(gray)
             if cutout > 0:

@@ -163,6 +163,58 @@ class RandomPhotometric(keras.layers.Layer):
 
 
 @keras.saving.register_keras_serializable(PACKAGE)
+class RandomGarmentTone(keras.layers.Layer):
+    """Training only: the garment's pixels of a [0, 1] grayscale image at a random brightness.
+
+    `RandomPhotometric` moves the backdrop with the garment, so how light a garment is against
+    its backdrop stays a category cue: in the fashion set every pair of jeans is dark and most
+    dresses light, and held-out light-wash blue jeans were called "dress". This moves the garment
+    alone: pixels far from the backdrop's gray (the median of the border) are repainted so that
+    their mean lands on a random level in [``low``, ``high``], keeping their shading, as
+    recolouring does (`fashionnet.data.recolor.paint`). Images without a clear backdrop (garment
+    under 3 % or over 95 % of the frame) are left alone. Identity at inference.
+    """
+
+    #: A pixel this far (gray level, 0-1) from the backdrop's is fully garment.
+    DISTANCE = (0.05, 0.15)
+    #: Images whose garment covers less or more of the frame are left alone.
+    AREA = (0.03, 0.95)
+
+    def __init__(self, rate: float = 0.5, low: float = 0.1, high: float = 0.95,
+                 seed: int | None = None, **kwargs):
+        super().__init__(**kwargs)
+        self.rate, self.low, self.high, self.seed = rate, low, high, seed
+        self.seed_generator = keras.random.SeedGenerator(seed)
+
+    def call(self, inputs, training=None):
+        if not training or self.rate <= 0:
+            return inputs
+        border = ops.concatenate([inputs[:, 0, :, :], inputs[:, -1, :, :],
+                                  inputs[:, :, 0, :], inputs[:, :, -1, :]], axis=1)
+        backdrop = ops.median(border, axis=1)[:, None, None, :]
+        lo, hi = self.DISTANCE
+        mask = ops.clip((ops.abs(inputs - backdrop) - lo) / (hi - lo), 0.0, 1.0)
+        area = ops.mean(mask, axis=(1, 2, 3), keepdims=True)
+        garment = (ops.sum(mask * inputs, axis=(1, 2, 3), keepdims=True)
+                   / ops.maximum(ops.sum(mask, axis=(1, 2, 3), keepdims=True), EPSILON))
+        # Shading relative to the garment's mean, softened by a random exponent (as `paint`).
+        softness = per_image_uniform(inputs, 0.5, 1.0, self.seed_generator)
+        shade = ops.power(ops.clip(inputs / ops.maximum(garment, 0.03), EPSILON, 3.0), softness)
+        level = per_image_uniform(inputs, self.low, self.high, self.seed_generator)
+        toned = mask * ops.clip(level * shade, 0.0, 1.0) + (1.0 - mask) * inputs
+        chosen = per_image_uniform(inputs, 0.0, 1.0, self.seed_generator) < self.rate
+        clear = ops.logical_and(area >= self.AREA[0], area <= self.AREA[1])
+        return ops.where(ops.logical_and(chosen, clear), toned, inputs)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {**super().get_config(), "rate": self.rate, "low": self.low, "high": self.high,
+                "seed": self.seed}
+
+
+@keras.saving.register_keras_serializable(PACKAGE)
 class RandomShapeJitter(keras.layers.Layer):
     """Training only: mirror, shift and zoom an image (Keras's own random layers, in that order).
 
