@@ -12,7 +12,12 @@ from fashionnet.data.recolor import RecolorPlan, garment_mask, paint, recolor_ba
 from fashionnet.errors import FashionNetError
 from fashionnet.heads import HeadSpec
 from fashionnet.model.fashionnet import build_model
-from fashionnet.model.layers import ImageStandardization, RandomCutout, RandomPhotometric
+from fashionnet.model.layers import (
+    ImageStandardization,
+    RandomCutout,
+    RandomGarmentTone,
+    RandomPhotometric,
+)
 from fashionnet.training import model_for
 
 HEADS = [HeadSpec("color", ["black", "blue", "red"], branch="color"),
@@ -199,6 +204,63 @@ def test_cutout_is_off_by_default_and_reaches_the_category_branch_only_when_aske
     assert _config_from_args(args).cutout == 0.5
     with pytest.raises(FashionNetError, match="cutout must be at least 0 and at most 1"):
         TrainConfig(cutout=1.5)
+
+
+def _gray_garment(level: float, size: int = 32) -> np.ndarray:
+    """A white backdrop and a shaded gray 'garment' whose pixels ramp left to right."""
+    x = np.ones((size, size, 1), np.float32)
+    x[8:24, 10:22, 0] = level * np.linspace(0.8, 1.2, 12)[None, :]
+    return x
+
+
+def test_garment_tone_repaints_the_garment_alone_keeping_its_shading():
+    """Dark garments come out at many brightness levels, light and dark; the backdrop never
+    moves, and the garment's pixels keep their order (its shading)."""
+    x = np.stack([_gray_garment(0.25)] * 64)
+    out = np.asarray(RandomGarmentTone(rate=1.0, seed=2)(x, training=True))
+    np.testing.assert_array_equal(out[:, :8], x[:, :8])  # backdrop rows untouched
+    np.testing.assert_array_equal(out[:, :, :10], x[:, :, :10])
+    garment = out[:, 8:24, 10:22, 0]
+    means = garment.mean(axis=(1, 2))
+    assert means.min() < 0.2 and means.max() > 0.8  # darker and much lighter copies
+    steps = np.diff(garment[:, 4], axis=1)
+    assert (steps >= 0).all()  # the ramp (shading) keeps its order...
+    unclipped = garment[:, 4].max(axis=1) < 1.0
+    assert unclipped.sum() > 32 and (steps[unclipped] > 0).all()  # ...strictly, below white
+    np.testing.assert_array_equal(np.asarray(RandomGarmentTone(1.0)(x, training=False)), x)
+    np.testing.assert_array_equal(np.asarray(RandomGarmentTone(0.0)(x, training=True)), x)
+
+
+def test_garment_tone_leaves_images_without_a_clear_backdrop_alone():
+    """A close-up (the garment fills the frame: nothing differs from the border), or a blank
+    frame, is not repainted."""
+    rng = np.random.default_rng(0)
+    close_up = (0.3 + rng.uniform(-0.03, 0.03, (4, 32, 32, 1))).astype(np.float32)
+    blank = np.ones((4, 32, 32, 1), np.float32)
+    for x in (close_up, blank):
+        np.testing.assert_array_equal(
+            np.asarray(RandomGarmentTone(rate=1.0, seed=0)(x, training=True)), x)
+
+
+def test_garment_tone_is_off_by_default_and_reaches_the_category_branch_only_when_asked(
+        tmp_path):
+    from fashionnet.cli import _config_from_args, build_parser
+
+    assert "gray_garment_tone" not in {layer.name for layer in build_model(HEADS, 32).layers}
+    trained = model_for(TrainConfig(garment_tone=0.25, input_size=32), HEADS)
+    assert trained.get_layer("gray_garment_tone").rate == 0.25
+    build_model(HEADS, 32, garment_tone=0.5).save(tmp_path / "m.keras")
+    model = keras.saving.load_model(tmp_path / "m.keras", compile=False, safe_mode=True)
+    assert model.get_layer("gray_garment_tone").rate == 0.5
+    x = _garment()[None].astype(np.float32) / 255
+    colour = keras.Model(model.input, model.outputs[0])  # the colour head never sees it
+    np.testing.assert_allclose(np.asarray(colour(x, training=True)),
+                               np.asarray(colour(x, training=False)), atol=1e-6)
+    args = build_parser().parse_args(["train", "--dataset", "d", "--output", "o",
+                                      "--garment-tone", "0.5"])
+    assert _config_from_args(args).garment_tone == 0.5
+    with pytest.raises(FashionNetError, match="garment_tone must be at least 0 and at most 1"):
+        TrainConfig(garment_tone=-0.1)
 
 
 def _with_garment_map(score: float = 1.0, **kwargs):
