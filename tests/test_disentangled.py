@@ -256,6 +256,8 @@ def test_garment_tone_is_off_by_default_and_reaches_the_category_branch_only_whe
     colour = keras.Model(model.input, model.outputs[0])  # the colour head never sees it
     np.testing.assert_allclose(np.asarray(colour(x, training=True)),
                                np.asarray(colour(x, training=False)), atol=1e-6)
+    for got, want in zip(model(x), model(x, training=False)):  # what an export traces
+        np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
     args = build_parser().parse_args(["train", "--dataset", "d", "--output", "o",
                                       "--garment-tone", "0.5"])
     assert _config_from_args(args).garment_tone == 0.5
