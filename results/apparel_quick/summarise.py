@@ -8,15 +8,17 @@ Each argument is NAME=a comma-separated list of study.json files whose folds are
 found twice is an error).
 """
 
+# ruff: noqa: E501 (the command in the docstring is one line per network)
 import json
 import statistics
 import sys
+from pathlib import Path
 
 
 def merged(paths: str) -> dict:
     folds: dict = {}
     for path in paths.split(","):
-        for combo, fold in json.load(open(path))["folds"].items():
+        for combo, fold in json.loads(Path(path).read_text())["folds"].items():
             if combo in folds:
                 raise SystemExit(f"{path}: fold {combo} already read from another file")
             folds[combo] = fold
