@@ -55,7 +55,7 @@ def test_empty_training_split_says_whether_dedupe_caused_it():
     """Near-duplicates stay together, so a set of copies can empty the training split."""
     records = _records(["black_jeans", "blue_dress"], n=24)
     copies = np.repeat([0, 1], 24)  # each combination is one set of near-duplicates
-    with pytest.raises(FashionNetError, match=r"48 images are 2 set\(s\) of near-dup.*--no-dedupe"):
+    with pytest.raises(FashionNetError, match=r"48 images form only 2 set\(s\) once near-dup.*--no-dedupe"):
         split_records(records, HEADS, groups=copies)
     split = split_records(records, HEADS)  # the same images as distinct photos split fine
     assert len(split.train) == 34

@@ -175,9 +175,10 @@ def split_records(records: Sequence, heads: Sequence[HeadSpec], *, mode: str = "
         n_sets = len(np.unique(groups))
         if n_sets < len(records):
             raise FashionNetError(
-                f"the training split is empty: {len(records)} images are {n_sets} set(s) of "
-                "near-duplicates, and each set stays in one split; add distinct images, or turn "
-                "dedupe off (--no-dedupe, dedupe = false) if they are different photos")
+                f"the training split is empty: {len(records)} images form only {n_sets} "
+                "set(s) once near-duplicates are grouped, and each set stays in one split; add "
+                "distinct images, or turn dedupe off (--no-dedupe, dedupe = false) if they are "
+                "different photos")
         raise FashionNetError("the training split is empty: the dataset is too small")
     _warn_if_too_small(len(records), mode, len(val_a), len(test_a), val_fraction, test_fraction)
     n_groups = int((np.bincount(np.unique(groups, return_inverse=True)[1]) > 1).sum())
