@@ -20,6 +20,14 @@ def per_image_uniform(images, low: float, high: float, seed_generator):
     return keras.random.uniform((ops.shape(images)[0], 1, 1, 1), low, high, seed=seed_generator)
 
 
+def backdrop(images):
+    """Each image's backdrop colour, shaped (n, 1, 1, channels): the median of its outermost
+    pixels (product photos sit on a plain backdrop)."""
+    border = ops.concatenate([images[:, 0, :, :], images[:, -1, :, :],
+                              images[:, :, 0, :], images[:, :, -1, :]], axis=1)
+    return ops.median(border, axis=1)[:, None, None, :]
+
+
 @keras.saving.register_keras_serializable(PACKAGE)
 class Grayscale(keras.layers.Layer):
     """RGB -> luminance (ITU-R 601), so the category branch cannot use colour."""
@@ -189,11 +197,8 @@ class RandomGarmentTone(keras.layers.Layer):
     def call(self, inputs, training=None):
         if not training or self.rate <= 0:
             return inputs
-        border = ops.concatenate([inputs[:, 0, :, :], inputs[:, -1, :, :],
-                                  inputs[:, :, 0, :], inputs[:, :, -1, :]], axis=1)
-        backdrop = ops.median(border, axis=1)[:, None, None, :]
         lo, hi = self.DISTANCE
-        mask = ops.clip((ops.abs(inputs - backdrop) - lo) / (hi - lo), 0.0, 1.0)
+        mask = ops.clip((ops.abs(inputs - backdrop(inputs)) - lo) / (hi - lo), 0.0, 1.0)
         area = ops.mean(mask, axis=(1, 2, 3), keepdims=True)
         garment = (ops.sum(mask * inputs, axis=(1, 2, 3), keepdims=True)
                    / ops.maximum(ops.sum(mask, axis=(1, 2, 3), keepdims=True), EPSILON))
@@ -351,16 +356,13 @@ class ImageStandardization(keras.layers.Layer):
 class BackgroundDistance(keras.layers.Layer):
     """Per pixel: the distance of its RGB colour from the image's background colour.
 
-    The background is the median colour of the image's outermost pixels (product photos sit on
-    a plain backdrop). The output, one channel, tells a per-pixel head which pixels are garment
-    without giving it any shape: it depends on the pixel and the border only.
+    The background is `backdrop`: the median colour of the image's outermost pixels. The
+    output, one channel, tells a per-pixel head which pixels are garment without giving it any
+    shape: it depends on the pixel and the border only.
     """
 
     def call(self, inputs):
-        border = ops.concatenate([inputs[:, 0, :, :], inputs[:, -1, :, :],
-                                  inputs[:, :, 0, :], inputs[:, :, -1, :]], axis=1)
-        background = ops.median(border, axis=1)
-        diff = inputs - background[:, None, None, :]
+        diff = inputs - backdrop(inputs)
         return ops.sqrt(ops.sum(ops.square(diff), axis=-1, keepdims=True) + EPSILON)
 
     def compute_output_shape(self, input_shape):
