@@ -430,6 +430,45 @@ def test_architecture_brings_its_own_defaults_unless_given():
         TrainConfig().with_preset("slow")
 
 
+def test_balance_classes_weights_rare_categories_but_not_the_relabelled_colour_head():
+    """In a leave-one-combination-out fold the held-out combination's category is left with
+    half the images of the others; balanced weights stop the head leaning to the common one.
+    The colour head that recolouring relabels keeps plain weights: its counts before painting
+    are not the ones it trains on."""
+    import dataclasses
+
+    from fashionnet.cli import _config_from_args, build_parser
+    from fashionnet.training import class_weight_vector, compile_model
+
+    category = HEADS[1]
+    targets = np.eye(4, dtype=np.float32)[[0] * 6 + [1] * 2 + [2] * 2]  # no shoes
+    unlabelled = np.full((3, 4), -1.0, np.float32)  # missing labels count for nothing
+    weights = class_weight_vector(category, np.concatenate([targets, unlabelled]), balance=True)
+    assert weights == pytest.approx([10 / 24, 10 / 8, 10 / 8, 10 / 4])
+    assert class_weight_vector(category, targets) is None
+    table = dataclasses.replace(category, class_weights={"dress": 2.0})
+    assert class_weight_vector(table, targets, balance=True) == [2.0, 1.0, 1.0, 1.0]
+    tags = HeadSpec("tags", ["a", "b"], kind="multi")
+    assert class_weight_vector(tags, np.ones((4, 2), np.float32), balance=True) is None
+
+    config = TrainConfig(input_size=32)
+    assert config.balance_classes and not TrainConfig(architecture="recipe").balance_classes
+    colours = np.eye(3, dtype=np.float32)[[0] + [1] * 9]
+    model = model_for(config, HEADS)
+    compile_model(model, HEADS, config, {"color_output": colours, "category_output": targets},
+                  relabelled="color_output")
+    assert model.loss["color_output"].class_weights is None
+    assert model.loss["category_output"].class_weights == pytest.approx(weights)
+    compile_model(model, HEADS, config, {"color_output": colours, "category_output": targets})
+    assert model.loss["color_output"].class_weights == pytest.approx([10 / 3, 10 / 27, 10 / 3])
+    off = dataclasses.replace(config, balance_classes=False)
+    compile_model(model, HEADS, off, {"color_output": colours, "category_output": targets})
+    assert model.loss["category_output"].class_weights is None
+    args = build_parser().parse_args(["train", "--dataset", "d", "--output", "o",
+                                      "--no-balance-classes"])
+    assert _config_from_args(args).balance_classes is False
+
+
 def test_cosine_schedule_warms_up_then_decays_to_zero():
     from fashionnet.training import learning_rate
 

@@ -91,10 +91,15 @@ def split_dataset(data: Dataset, config: TrainConfig) -> Split:
                          seed=config.seed, groups=groups, holdout=config.holdout)
 
 
-def class_weight_vector(head: HeadSpec, targets: np.ndarray) -> list[float] | None:
-    """Per-class loss weights: ``balanced`` = n / (classes * count), or the configured table."""
+def class_weight_vector(head: HeadSpec, targets: np.ndarray,
+                        balance: bool = False) -> list[float] | None:
+    """Per-class loss weights: the head's own ``class_weights`` (``balanced`` = n / (classes *
+    count), or a table); without them ``balanced`` when ``balance`` and the head is
+    single-label (`TrainConfig.balance_classes`), else None."""
     if head.class_weights is None:
-        return None
+        if not balance or head.multi:
+            return None
+        head = dataclasses.replace(head, class_weights="balanced")
     if isinstance(head.class_weights, dict):
         unknown = set(head.class_weights) - set(head.classes)
         if unknown:
@@ -157,14 +162,20 @@ def model_for(config: TrainConfig, heads: Sequence[HeadSpec]) -> keras.Model:
 
 
 def compile_model(model, heads: Sequence[HeadSpec], config: TrainConfig,
-                  train_targets: dict[str, np.ndarray], steps_per_epoch: int = 1) -> None:
+                  train_targets: dict[str, np.ndarray], steps_per_epoch: int = 1,
+                  relabelled: str | None = None) -> None:
+    """``relabelled``: the output recolouring relabels. `balance_classes` leaves it alone: its
+    label counts before recolouring are not the ones it trains on (a colour with no training
+    image but painted copies would weigh hundreds of times more)."""
     lr = learning_rate(config, steps_per_epoch)
     model.compile(
         optimizer=keras.optimizers.Adam(learning_rate=lr),
         loss={h.output_name: HeadLoss(multi=h.multi, focal_gamma=h.focal_gamma,
                                       label_smoothing=config.label_smoothing,
                                       class_weights=class_weight_vector(
-                                          h, train_targets[h.output_name]))
+                                          h, train_targets[h.output_name],
+                                          balance=config.balance_classes
+                                          and h.output_name != relabelled))
               for h in heads},
         loss_weights={h.output_name: h.loss_weight for h in heads},
         metrics={h.output_name: [HeadAccuracy(multi=h.multi, threshold=h.threshold)]
@@ -373,13 +384,14 @@ def train(config: TrainConfig, output: str | Path, *, overwrite: bool = False,
     has_val = split.mode == "standard" and len(split.val) > 0
 
     model = model_for(config, heads)
+    recolor = recoloring(heads, config)
     train_batches = batches(images["train"], targets["train"], config.batch_size, shuffle=True,
-                            augment=config.augment, seed=config.seed,
-                            recolor=recoloring(heads, config))
+                            augment=config.augment, seed=config.seed, recolor=recolor)
     val_batches = (batches(images["val"], targets["val"], config.batch_size)
                    if len(split.val) else None)
     steps_per_epoch = math.ceil(len(split.train) / config.batch_size)
-    compile_model(model, heads, config, targets["train"], steps_per_epoch=steps_per_epoch)
+    compile_model(model, heads, config, targets["train"], steps_per_epoch=steps_per_epoch,
+                  relabelled=recolor.output if recolor else None)
     best = BestEpoch(heads, images["val"], targets["val"], config.patience, restore=has_val,
                      refresh=images["train"] if config.precise_bn else None,
                      batch_size=config.batch_size, momentum=config.bn_momentum,
