@@ -44,6 +44,9 @@ else:  # pragma: no cover
 #: Having seen mirror images in training, the category branch then predicts from an image and
 #: its mirror image, averaged (`mirror_average`, `model.layers.MirrorViews`): on fashion's six
 #: folds +0.5 unseen, +0.3 seen with the same weights (+0.2 / +0.1 retrained), no training cost.
+#: Its single-label heads weigh each class by how rare it is in the training split
+#: (`balance_classes`): a held-out combination leaves its category with half the images of the
+#: others, and an unweighted head then calls it the common one (held-out jeans called dress).
 ARCHITECTURE_DEFAULTS: dict[str, dict[str, Any]] = {
     "recipe": {"input_size": 96, "epochs": 50, "lr_decay": "recipe", "augment": False,
                "shape_jitter": False, "mirror_average": False, "cutout": 0.0,
