@@ -96,16 +96,17 @@ def class_weight_vector(head: HeadSpec, targets: np.ndarray,
     """Per-class loss weights: the head's own ``class_weights`` (``balanced`` = n / (classes *
     count), or a table); without them ``balanced`` when ``balance`` and the head is
     single-label (`TrainConfig.balance_classes`), else None."""
-    if head.class_weights is None:
+    weights = head.class_weights
+    if weights is None:
         if not balance or head.multi:
             return None
-        head = dataclasses.replace(head, class_weights="balanced")
-    if isinstance(head.class_weights, dict):
-        unknown = set(head.class_weights) - set(head.classes)
+        weights = "balanced"
+    if isinstance(weights, dict):
+        unknown = set(weights) - set(head.classes)
         if unknown:
             raise FashionNetError(f"head {head.name!r}: class_weights for unknown {sorted(unknown)}")
-        return [float(head.class_weights.get(c, 1.0)) for c in head.classes]
-    if head.class_weights != "balanced":
+        return [float(weights.get(c, 1.0)) for c in head.classes]
+    if weights != "balanced":
         raise FashionNetError(f"head {head.name!r}: class_weights must be 'balanced' or a table")
     labelled = targets[targets[:, 0] >= 0]
     counts = np.maximum(labelled.sum(axis=0), 1.0)
