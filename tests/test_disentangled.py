@@ -14,6 +14,7 @@ from fashionnet.heads import HeadSpec
 from fashionnet.model.fashionnet import build_model
 from fashionnet.model.layers import (
     ImageStandardization,
+    LocalContrastNormalization,
     RandomCutout,
     RandomGarmentTone,
     RandomPhotometric,
@@ -263,6 +264,63 @@ def test_garment_tone_is_off_by_default_and_reaches_the_category_branch_only_whe
     assert _config_from_args(args).garment_tone == 0.5
     with pytest.raises(FashionNetError, match="garment_tone must be at least 0 and at most 1"):
         TrainConfig(garment_tone=-0.1)
+
+
+def _bar_and_square(square: float) -> np.ndarray:
+    """A [0, 1] gray image on a white backdrop: a black bar, and a square at level ``square``."""
+    image = np.ones((1, 64, 64, 1), np.float32)
+    image[0, 8:56, 4:12] = 0.05
+    image[0, 20:44, 30:54] = square
+    return image
+
+
+def _steps(x: np.ndarray) -> tuple[float, float]:
+    """How strong the square's left edge is, and the bar's right edge (mean absolute step)."""
+    x = np.asarray(x)[0, :, :, 0]
+    return (float(np.abs(x[24:40, 31] - x[24:40, 28]).mean()),
+            float(np.abs(x[24:40, 14] - x[24:40, 5]).mean()))
+
+
+def test_local_contrast_makes_a_faint_outline_count_like_a_sharp_one():
+    standardize = ImageStandardization()
+    local = LocalContrastNormalization(9)
+    faint, sharp = _bar_and_square(0.95), _bar_and_square(0.2)
+    # Beside the same black bar, a white square on white has an outline 5 % as strong as the
+    # bar's when the image is standardised as a whole, and 24 % after local contrast
+    # normalisation (the floor, the image's mean spread, stops it from going further).
+    square, bar = _steps(standardize(faint))
+    assert square / bar < 0.1
+    square, bar = _steps(standardize(local(faint)))
+    assert square / bar > 0.2
+    # A dark square, whose outline was strong already, stays about as strong as the bar.
+    square, bar = _steps(standardize(local(sharp)))
+    assert 0.8 < square / bar < 1.5
+    # Flat backdrop stays flat: JPEG-like noise is not blown up to the garment's strength.
+    noisy = faint + np.random.default_rng(0).normal(0, 0.003, faint.shape).astype(np.float32)
+    out = np.abs(np.asarray(local(noisy))[0, :, :, 0])
+    assert out[2:6, 58:62].mean() < 0.2 * out[24:40, 29:31].mean()
+
+
+def test_local_contrast_is_off_by_default_and_only_on_the_category_branch(tmp_path):
+    from fashionnet.cli import _config_from_args, build_parser
+    from fashionnet.model.layers import local_contrast_window
+
+    assert "gray_local_contrast" not in {layer.name for layer in build_model(HEADS, 32).layers}
+    assert TrainConfig(architecture="recipe").local_contrast is False
+    trained = model_for(TrainConfig(local_contrast=True, input_size=64), HEADS)
+    assert trained.get_layer("gray_local_contrast").window == local_contrast_window(64) == 9
+    assert local_contrast_window(96) == 13 and local_contrast_window(32) == 5
+    build_model(HEADS, 32, local_contrast=True).save(tmp_path / "m.keras")
+    model = keras.saving.load_model(tmp_path / "m.keras", compile=False, safe_mode=True)
+    assert model.get_layer("gray_local_contrast").window == 5
+    x = _garment()[None].astype(np.float32) / 255
+    plain = build_model(HEADS, 32)
+    plain.set_weights(model.get_weights())  # same weights: only the category output may move
+    np.testing.assert_allclose(np.asarray(model(x)[0]), np.asarray(plain(x)[0]), atol=1e-6)
+    assert np.abs(np.asarray(model(x)[1]) - np.asarray(plain(x)[1])).max() > 1e-4
+    for flag, want in (("--local-contrast", True), ("--no-local-contrast", False)):
+        args = build_parser().parse_args(["train", "--dataset", "d", "--output", "o", flag])
+        assert _config_from_args(args).local_contrast is want
 
 
 def _with_garment_map(score: float = 1.0, **kwargs):

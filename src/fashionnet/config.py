@@ -50,16 +50,19 @@ else:  # pragma: no cover
 ARCHITECTURE_DEFAULTS: dict[str, dict[str, Any]] = {
     "recipe": {"input_size": 96, "epochs": 50, "lr_decay": "recipe", "augment": False,
                "shape_jitter": False, "mirror_average": False, "cutout": 0.0,
-               "garment_map": False, "garment_tone": 0.0, "bn_momentum": 0.99, "recolor": 0.0,
-               "precise_bn": False, "balance_classes": False},
+               "garment_map": False, "garment_tone": 0.0, "local_contrast": False,
+               "bn_momentum": 0.99, "recolor": 0.0, "precise_bn": False,
+               "balance_classes": False},
     "gap": {"input_size": 96, "epochs": 50, "lr_decay": "recipe", "augment": False,
             "shape_jitter": False, "mirror_average": False, "cutout": 0.0,
-            "garment_map": False, "garment_tone": 0.0, "bn_momentum": 0.99, "recolor": 0.0,
-            "precise_bn": False, "balance_classes": False},
+            "garment_map": False, "garment_tone": 0.0, "local_contrast": False,
+            "bn_momentum": 0.99, "recolor": 0.0, "precise_bn": False,
+            "balance_classes": False},
     "disentangled": {"input_size": 64, "epochs": 30, "lr_decay": "cosine", "augment": False,
                      "shape_jitter": True, "mirror_average": True, "cutout": 0.0,
-                     "garment_map": False, "garment_tone": 0.0, "bn_momentum": 0.9,
-                     "recolor": 0.5, "precise_bn": True, "balance_classes": True},
+                     "garment_map": False, "garment_tone": 0.0, "local_contrast": False,
+                     "bn_momentum": 0.9, "recolor": 0.5, "precise_bn": True,
+                     "balance_classes": True},
 }
 LR_DECAYS = ("recipe", "cosine", "none")
 
@@ -182,6 +185,9 @@ SETTINGS: dict[str, Setting] = {
     "garment_tone": Setting(float, "share of training images whose category-branch input gets "
                                    "its garment repainted at a random brightness", minimum=0.0,
                             maximum=1.0, metavar="P"),
+    "local_contrast": Setting(bool, "divide the category branch's grayscale input by its local "
+                                    "contrast, so a faint outline (white on white) counts as "
+                                    "much as a sharp one"),
     "mirror_average": Setting(bool, "at inference, average the category branch's prediction "
                                     "over the image and its mirror image (inside the model)"),
     "garment_map": Setting(bool, "colour heads weight their pooling by the category branch's "
@@ -260,6 +266,7 @@ class TrainConfig:
     cutout: float | None = None  # random erasing of the grayscale branch's input
     garment_map: bool | None = None  # colour pooling weighted by the grayscale feature map
     garment_tone: float | None = None  # garment-only brightness of the grayscale branch's input
+    local_contrast: bool | None = None  # local contrast normalisation of the grayscale branch
     recolor: float | None = None  # share of training images repainted in another colour
     balance_classes: bool | None = None  # "balanced" class weights for single-label heads
     label_smoothing: float = 0.0

@@ -159,7 +159,8 @@ def model_for(config: TrainConfig, heads: Sequence[HeadSpec]) -> keras.Model:
     return build_model(heads, config.input_size, config.architecture, config.bn_momentum,
                        shape_jitter=config.shape_jitter, mirror_average=config.mirror_average,
                        cutout=config.cutout, garment_map=config.garment_map,
-                       garment_tone=config.garment_tone)
+                       garment_tone=config.garment_tone,
+                       local_contrast=config.local_contrast)
 
 
 def compile_model(model, heads: Sequence[HeadSpec], config: TrainConfig,

@@ -24,12 +24,14 @@ from fashionnet.model.layers import (
     GarmentWeightedPooling,
     Grayscale,
     ImageStandardization,
+    LocalContrastNormalization,
     MirrorAverage,
     MirrorViews,
     RandomCutout,
     RandomGarmentTone,
     RandomPhotometric,
     RandomShapeJitter,
+    local_contrast_window,
 )
 
 VARIANTS = ("disentangled", "recipe", "gap")
@@ -132,8 +134,8 @@ def build_model(heads: Sequence[HeadSpec], input_size: int = 96,
                 variant: str = "disentangled", bn_momentum: float = 0.99,
                 shape_jitter: bool | None = None,
                 mirror_average: bool | None = None, cutout: float | None = None,
-                garment_map: bool | None = None, garment_tone: float | None = None
-                ) -> keras.Model:
+                garment_map: bool | None = None, garment_tone: float | None = None,
+                local_contrast: bool | None = None) -> keras.Model:
     """A Keras model with one output per head, named ``<head>_output``, in the heads' order.
 
     ``recipe`` flattens each trunk's feature map, as the recipe did; ``gap`` averages it over
@@ -157,7 +159,9 @@ def build_model(heads: Sequence[HeadSpec], input_size: int = 96,
     (`pixel_color_head`; disentangled with both branches only; default: the architecture's);
     the shape jitter then moves to the input both branches read. ``garment_tone`` > 0 repaints
     the garment of that share of the grayscale branch's training inputs at a random brightness
-    (`RandomGarmentTone`; default: the architecture's).
+    (`RandomGarmentTone`; default: the architecture's). ``local_contrast`` normalises the
+    disentangled grayscale branch's input by its local contrast before the per-image
+    standardisation (`LocalContrastNormalization`; default: the architecture's).
     """
     if variant not in VARIANTS:
         raise ValueError(f"unknown architecture {variant!r}; choose from {VARIANTS}")
@@ -167,6 +171,7 @@ def build_model(heads: Sequence[HeadSpec], input_size: int = 96,
     cutout = defaults["cutout"] if cutout is None else cutout
     garment_map = defaults["garment_map"] if garment_map is None else garment_map
     garment_tone = defaults["garment_tone"] if garment_tone is None else garment_tone
+    local_contrast = defaults["local_contrast"] if local_contrast is None else local_contrast
     inputs = keras.Input(shape=(input_size, input_size, 3), name="image")
     garment_map = garment_map and garment_map_applies(heads, variant)
     shared_jitter = garment_map and shape_jitter
@@ -194,6 +199,9 @@ def build_model(heads: Sequence[HeadSpec], input_size: int = 96,
                 gray = RandomCutout(cutout, name="gray_cutout")(gray)
             if variant == "disentangled":
                 gray = RandomPhotometric(name="gray_photometric")(gray)
+                if local_contrast:
+                    gray = LocalContrastNormalization(local_contrast_window(input_size),
+                                                      name="gray_local_contrast")(gray)
                 gray = ImageStandardization(name="gray_standardize")(gray)
             feature_map, units = deep_feature_map(gray, "gray", bn_momentum), 256
         elif branch == "shared":
