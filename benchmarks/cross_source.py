@@ -43,7 +43,7 @@ def folders(apparel: Path, colours: set[str], categories: set[str]
     return chosen
 
 
-def score(bundle_dir: str, apparel: Path) -> dict:
+def score(bundle_dir: str, apparel: Path, only: set[str] | None = None) -> dict:
     from fashionnet.inference import expand_inputs, load
 
     predictor = load(bundle_dir)
@@ -53,6 +53,8 @@ def score(bundle_dir: str, apparel: Path) -> dict:
     totals = {"seen": [0, 0], "unseen": [0, 0], "new_colour_category": [0, 0]}
     for folder, colour, category in folders(apparel, set(heads["color"].classes),
                                             set(heads["category"].classes)):
+        if only and folder.name not in only:
+            continue
         predictions = [p for p in predictor.predict_files(expand_inputs([folder]))
                        if not p.error]
         n = len(predictions)
@@ -80,6 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("bundles", nargs="+")
     parser.add_argument("--apparel", type=Path, default=APPAREL)
     parser.add_argument("--name", help="results file name (one bundle only)")
+    parser.add_argument("--folders", help="score only these apparel folders (comma-separated)")
     args = parser.parse_args(argv)
     if not args.apparel.is_dir():
         print(f"{args.apparel}: not found (the apparel dataset lives in ../shared)")
@@ -87,8 +90,11 @@ def main(argv: list[str] | None = None) -> int:
     out = ROOT / "results" / "cross_source"
     out.mkdir(parents=True, exist_ok=True)
     for bundle in args.bundles:
-        result = score(bundle, args.apparel)
-        name = args.name if args.name and len(args.bundles) == 1 else Path(bundle).name
+        only = set(args.folders.split(",")) if args.folders else None
+        result = score(bundle, args.apparel, only)
+        name = (args.name if args.name and len(args.bundles) == 1
+                else "_".join(Path(bundle).parts[-3:]) if "folds" in Path(bundle).parts
+                else Path(bundle).name)
         (out / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
         print(f"\n{bundle}")
         print("| apparel folder | scored as | images | exact | colour | category |")
@@ -99,8 +105,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"| {folder} | {row['as']} ({row['group']}) | {row['count']} | {exact} | "
                   f"{colour} | {row['category_accuracy']:.1%} |")
         s = result["summary"]
-        print(f"seen exact {s['seen']:.1%} · unseen exact {s['unseen']:.1%} · "
-              f"category on new colours {s['new_colour_category']:.1%}")
+        print(" · ".join(f"{group} {value:.1%}" for group, value in s.items()
+                         if value is not None))
     return 0
 
 

@@ -2,6 +2,7 @@
 branch, counterfactual recolouring, the architecture defaults and the cosine schedule."""
 
 import colorsys
+import logging
 
 import keras
 import numpy as np
@@ -301,7 +302,7 @@ def test_local_contrast_makes_a_faint_outline_count_like_a_sharp_one():
     assert out[2:6, 58:62].mean() < 0.2 * out[24:40, 29:31].mean()
 
 
-def test_local_contrast_is_off_by_default_and_only_on_the_category_branch(tmp_path):
+def test_local_contrast_is_off_by_default_and_only_on_the_category_branch(tmp_path, caplog):
     from fashionnet.cli import _config_from_args, build_parser
     from fashionnet.model.layers import local_contrast_window
 
@@ -318,6 +319,11 @@ def test_local_contrast_is_off_by_default_and_only_on_the_category_branch(tmp_pa
     plain.set_weights(model.get_weights())  # same weights: only the category output may move
     np.testing.assert_allclose(np.asarray(model(x)[0]), np.asarray(plain(x)[0]), atol=1e-6)
     assert np.abs(np.asarray(model(x)[1]) - np.asarray(plain(x)[1])).max() > 1e-4
+    with caplog.at_level(logging.WARNING, logger="fashionnet"):
+        recipe = model_for(TrainConfig(architecture="recipe", local_contrast=True,
+                                       input_size=32), HEADS)
+    assert "local_contrast ignored" in caplog.text
+    assert "gray_local_contrast" not in {layer.name for layer in recipe.layers}
     for flag, want in (("--local-contrast", True), ("--no-local-contrast", False)):
         args = build_parser().parse_args(["train", "--dataset", "d", "--output", "o", flag])
         assert _config_from_args(args).local_contrast is want

@@ -156,6 +156,9 @@ def model_for(config: TrainConfig, heads: Sequence[HeadSpec]) -> keras.Model:
     if config.garment_map and not garment_map_applies(heads, config.architecture):
         log.warning("garment_map ignored: it needs the disentangled architecture with a colour "
                     "head and a head on the grayscale branch")
+    if config.local_contrast and config.architecture != "disentangled":
+        log.warning("local_contrast ignored: it normalises the disentangled architecture's "
+                    "grayscale branch, which %s does not have", config.architecture)
     return build_model(heads, config.input_size, config.architecture, config.bn_momentum,
                        shape_jitter=config.shape_jitter, mirror_average=config.mirror_average,
                        cutout=config.cutout, garment_map=config.garment_map,
