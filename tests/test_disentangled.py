@@ -302,22 +302,20 @@ def test_local_contrast_makes_a_faint_outline_count_like_a_sharp_one():
     assert out[2:6, 58:62].mean() < 0.2 * out[24:40, 29:31].mean()
 
 
-def test_local_contrast_is_on_by_default_and_only_on_the_category_branch(tmp_path, caplog):
+def test_local_contrast_is_off_by_default_and_only_on_the_category_branch(tmp_path, caplog):
     from fashionnet.cli import _config_from_args, build_parser
     from fashionnet.model.layers import local_contrast_window
 
-    assert "gray_local_contrast" in {layer.name for layer in build_model(HEADS, 32).layers}
-    assert "gray_local_contrast" not in {
-        layer.name for layer in build_model(HEADS, 32, local_contrast=False).layers}
-    assert TrainConfig(architecture="recipe").local_contrast is False
-    trained = model_for(TrainConfig(input_size=64), HEADS)
+    assert "gray_local_contrast" not in {layer.name for layer in build_model(HEADS, 32).layers}
+    assert TrainConfig().local_contrast is False
+    trained = model_for(TrainConfig(local_contrast=True, input_size=64), HEADS)
     assert trained.get_layer("gray_local_contrast").window == local_contrast_window(64) == 9
     assert local_contrast_window(96) == 13 and local_contrast_window(32) == 5
-    build_model(HEADS, 32).save(tmp_path / "m.keras")
+    build_model(HEADS, 32, local_contrast=True).save(tmp_path / "m.keras")
     model = keras.saving.load_model(tmp_path / "m.keras", compile=False, safe_mode=True)
     assert model.get_layer("gray_local_contrast").window == 5
     x = _garment()[None].astype(np.float32) / 255
-    plain = build_model(HEADS, 32, local_contrast=False)
+    plain = build_model(HEADS, 32)
     plain.set_weights(model.get_weights())  # same weights: only the category output may move
     np.testing.assert_allclose(np.asarray(model(x)[0]), np.asarray(plain(x)[0]), atol=1e-6)
     assert np.abs(np.asarray(model(x)[1]) - np.asarray(plain(x)[1])).max() > 1e-4
