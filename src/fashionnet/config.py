@@ -49,7 +49,7 @@ else:  # pragma: no cover
 #: others, and an unweighted head then calls it the common one (held-out jeans called dress).
 #: Local contrast normalisation of the category branch's input (`local_contrast`) is off: on
 #: fashion's folds +0.3 unseen, +0.8 seen over two seeds, but on apparel's photos it costs
-#: brown and green shoes 5-14 points of category (lever 23 in docs/accuracy.md).
+#: brown and green shoes 4-14 points of category (lever 23 in docs/accuracy.md).
 ARCHITECTURE_DEFAULTS: dict[str, dict[str, Any]] = {
     "recipe": {"input_size": 96, "epochs": 50, "lr_decay": "recipe", "augment": False,
                "shape_jitter": False, "mirror_average": False, "cutout": 0.0,
