@@ -14,7 +14,8 @@ folder, then three summaries:
 - unseen: known colours in a combination it never saw (red pants as red jeans);
 - category on new colours: shoes, dresses and shirts in colours outside its label set.
 
-Writes results/cross_source/<name>.json (name: the bundle folder's name unless ``--name``).
+Writes results/cross_source/<name>.json: ``--name``, else the bundle folder's name, or for a
+study's fold model (``.../folds/<combination>``) its last three path parts joined by ``_``.
 """
 
 from __future__ import annotations

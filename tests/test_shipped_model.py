@@ -85,7 +85,9 @@ def test_shipped_model_names_an_unseen_combination_photographed_elsewhere():
     folders; the shipped model gets 92 % of these right, the colour head 99 %)."""
     predictor = load(default_model_path())
     assert "red_jeans" not in predictor.bundle.trained_combinations
-    predictions = predictor.predict_files(sorted((APPAREL / "red_pants").iterdir())[:150])
+    files = sorted((APPAREL / "red_pants").iterdir())[:150]
+    predictions = [p for p in predictor.predict_files(files) if not p.error]
+    assert len(predictions) > 100
     colour = np.mean([p.heads["color"].label == "red" for p in predictions])
     exact = np.mean([p.heads["color"].label == "red" and p.heads["category"].label == "jeans"
                      for p in predictions])
