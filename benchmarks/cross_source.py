@@ -45,6 +45,7 @@ def folders(apparel: Path, colours: set[str], categories: set[str]
 
 
 def score(bundle_dir: str, apparel: Path, only: set[str] | None = None) -> dict:
+    from fashionnet.heads import combination
     from fashionnet.inference import expand_inputs, load
 
     predictor = load(bundle_dir)
@@ -65,7 +66,8 @@ def score(bundle_dir: str, apparel: Path, only: set[str] | None = None) -> dict:
         if colour is None:
             group, right = "new_colour_category", cat_ok
         else:
-            group = "seen" if f"{colour}_{category}" in trained else "unseen"
+            combo = combination({"color": colour, "category": category}, predictor.heads)
+            group = "seen" if combo in trained else "unseen"
             col_ok = [p.heads["color"].label == colour for p in predictions]
             right = sum(c and p.heads["category"].label == category
                         for c, p in zip(col_ok, predictions))
@@ -93,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     for bundle in args.bundles:
         only = set(args.folders.split(",")) if args.folders else None
         result = score(bundle, args.apparel, only)
-        name = (args.name if args.name and len(args.bundles) == 1
+        name = (Path(args.name).name if args.name and len(args.bundles) == 1
                 else "_".join(Path(bundle).parts[-3:]) if "folds" in Path(bundle).parts
                 else Path(bundle).name)
         (out / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")

@@ -71,6 +71,16 @@ def test_runtime_classifies_with_tensorflow_and_keras_unimportable(exported, tin
     assert check.returncode != 0  # the blocker really blocks
 
 
+def _export_and_compare(path, rng) -> None:
+    """Export a bundle to ONNX; its probabilities must match Keras's on 20 random images."""
+    images = rng.integers(0, 256, (20, 32, 32, 3), dtype=np.uint8)
+    assert main(["export", str(path), "--format", "onnx"]) == 0
+    keras_probs = load(path, backend="keras").predict_probabilities(images)
+    onnx_probs = load(path, backend="auto").predict_probabilities(images)
+    for a, b in zip(keras_probs, onnx_probs):
+        assert np.abs(a - b).max() < 1e-4
+
+
 def test_local_contrast_model_exports_with_parity(tiny_dataset, tmp_path, rng):
     """Local contrast normalisation (two same-padded average pools) gives Keras's numbers in
     ONNX: TensorFlow and ONNX both leave the padding out of the average."""
@@ -80,12 +90,7 @@ def test_local_contrast_model_exports_with_parity(tiny_dataset, tmp_path, rng):
                          local_contrast=True, cache=False)
     path = tmp_path / "run"
     train(config, path, verbose=0)
-    images = rng.integers(0, 256, (20, 32, 32, 3), dtype=np.uint8)
-    assert main(["export", str(path), "--format", "onnx"]) == 0
-    keras_probs = load(path, backend="keras").predict_probabilities(images)
-    onnx_probs = load(path, backend="auto").predict_probabilities(images)
-    for a, b in zip(keras_probs, onnx_probs):
-        assert np.abs(a - b).max() < 1e-4
+    _export_and_compare(path, rng)
 
 
 def test_garment_map_model_exports_with_parity(tiny_dataset, tmp_path, rng):
@@ -103,9 +108,4 @@ def test_garment_map_model_exports_with_parity(tiny_dataset, tmp_path, rng):
     score = model.get_layer("color_garment_score")  # one epoch leaves it near zero: make it count
     score.set_weights([np.ones_like(w) for w in score.get_weights()])
     model.save(path / "model.keras")
-    images = rng.integers(0, 256, (20, 32, 32, 3), dtype=np.uint8)
-    assert main(["export", str(path), "--format", "onnx"]) == 0
-    keras_probs = load(path, backend="keras").predict_probabilities(images)
-    onnx_probs = load(path, backend="auto").predict_probabilities(images)
-    for a, b in zip(keras_probs, onnx_probs):
-        assert np.abs(a - b).max() < 1e-4
+    _export_and_compare(path, rng)
