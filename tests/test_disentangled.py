@@ -462,6 +462,30 @@ def test_recolouring_moves_the_label_with_the_pixels():
     np.testing.assert_array_equal(images[0], _garment(color=(200, 30, 30)))  # input kept
 
 
+def test_painting_outside_the_label_set_masks_the_colour_label():
+    """A copy painted in a colour the head lacks (green, white...) teaches the other heads
+    only: its colour row becomes the missing-label row, and its pixels are a colour no class
+    names."""
+    plan = RecolorPlan.for_classes(["black", "Blue", "red", "grey"])
+    assert {"white", "green", "brown"} <= set(plan.outside)
+    assert not {"black", "blue", "red", "grey", "gray"} & set(plan.outside)
+    images = np.stack([_garment(color=(200, 30, 30))] * 32)
+    targets = np.zeros((32, 4), np.float32)
+    targets[:, 2] = 1.0
+    out, new = recolor_batch(images, targets, plan, 0.0, np.random.default_rng(0), outside=1.0)
+    assert (new == -1.0).all()
+    painted = [out[i, 8:24, 10:22].reshape(-1, 3).astype(float).mean(axis=0) for i in range(32)]
+    assert all(np.abs(g - (200, 30, 30)).max() > 20 for g in painted)
+    np.testing.assert_array_equal(out[:, :8], images[:, :8])  # backdrop untouched
+    # Shares add up: about half in the label set (one-hot, moved), about a quarter outside.
+    out, new = recolor_batch(np.stack([_garment()] * 400), np.tile(targets[:1], (400, 1)),
+                             plan, 0.5, np.random.default_rng(1), outside=0.25)
+    masked = (new[:, 0] == -1).sum()
+    moved = ((new.sum(axis=1) == 1) & (new[:, 2] == 0)).sum()
+    assert 70 < masked < 130 and 170 < moved < 230
+    assert masked + moved + (new[:, 2] == 1).sum() == 400
+
+
 def test_recolouring_skips_images_without_a_backdrop_and_unknown_colours():
     plan = RecolorPlan.for_classes(["black", "blue", "plaid"])
     assert plan.unknown == ["plaid"]
@@ -490,8 +514,25 @@ def test_architecture_brings_its_own_defaults_unless_given():
         TrainConfig(architecture="resnet")
     with pytest.raises(FashionNetError, match="recolor"):
         TrainConfig(recolor=2.0)
+    assert default.recolor_outside == 0.0 and recipe.recolor_outside == 0.0
     with pytest.raises(FashionNetError, match="preset"):
         TrainConfig().with_preset("slow")
+
+
+def test_recolor_outside_comes_from_the_command_line_and_reaches_the_batches(tmp_path):
+    from fashionnet.cli import _config_from_args, build_parser
+    from fashionnet.training import recoloring
+
+    args = build_parser().parse_args(["train", "--dataset", str(tmp_path),
+                                      "--output", str(tmp_path / "r"), "--recolor-outside", "0.3",
+                                      "--recolor", "0"])
+    config = _config_from_args(args)
+    recolor = recoloring(HEADS, config)
+    assert (recolor.output, recolor.probability, recolor.outside) == ("color_output", 0.0, 0.3)
+    assert recoloring(HEADS, TrainConfig()).outside == 0.0
+    assert recoloring(HEADS, TrainConfig(recolor=0.0)) is None
+    with pytest.raises(FashionNetError, match="recolor_outside must be at least 0"):
+        TrainConfig(recolor_outside=-0.5)
 
 
 def test_balance_classes_weights_rare_categories_but_not_the_relabelled_colour_head():

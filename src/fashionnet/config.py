@@ -54,18 +54,18 @@ ARCHITECTURE_DEFAULTS: dict[str, dict[str, Any]] = {
     "recipe": {"input_size": 96, "epochs": 50, "lr_decay": "recipe", "augment": False,
                "shape_jitter": False, "mirror_average": False, "cutout": 0.0,
                "garment_map": False, "garment_tone": 0.0, "local_contrast": False,
-               "bn_momentum": 0.99, "recolor": 0.0, "precise_bn": False,
-               "balance_classes": False},
+               "bn_momentum": 0.99, "recolor": 0.0, "recolor_outside": 0.0,
+               "precise_bn": False, "balance_classes": False},
     "gap": {"input_size": 96, "epochs": 50, "lr_decay": "recipe", "augment": False,
             "shape_jitter": False, "mirror_average": False, "cutout": 0.0,
             "garment_map": False, "garment_tone": 0.0, "local_contrast": False,
-            "bn_momentum": 0.99, "recolor": 0.0, "precise_bn": False,
-            "balance_classes": False},
+            "bn_momentum": 0.99, "recolor": 0.0, "recolor_outside": 0.0,
+            "precise_bn": False, "balance_classes": False},
     "disentangled": {"input_size": 64, "epochs": 30, "lr_decay": "cosine", "augment": False,
                      "shape_jitter": True, "mirror_average": True, "cutout": 0.0,
                      "garment_map": False, "garment_tone": 0.0, "local_contrast": False,
-                     "bn_momentum": 0.9, "recolor": 0.5, "precise_bn": True,
-                     "balance_classes": True},
+                     "bn_momentum": 0.9, "recolor": 0.5, "recolor_outside": 0.0,
+                     "precise_bn": True, "balance_classes": True},
 }
 LR_DECAYS = ("recipe", "cosine", "none")
 
@@ -197,6 +197,10 @@ SETTINGS: dict[str, Setting] = {
                                  "feature map (where the garment is; read only)"),
     "recolor": Setting(float, "share of training images repainted in another colour, label "
                               "moved with it", minimum=0.0, maximum=1.0, metavar="P"),
+    "recolor_outside": Setting(float, "share of training images repainted in a colour outside "
+                                      "the colour head's label set, colour label masked: the "
+                                      "other heads see garments in colours the data lacks",
+                               minimum=0.0, maximum=1.0, metavar="P"),
     "balance_classes": Setting(bool, "weight each class of a single-label head by how rare it is "
                                      "in the training split, n / (classes x count); not the "
                                      "colour head recolouring relabels; a head's own "
@@ -271,6 +275,7 @@ class TrainConfig:
     garment_tone: float | None = None  # garment-only brightness of the grayscale branch's input
     local_contrast: bool | None = None  # local contrast normalisation of the grayscale branch
     recolor: float | None = None  # share of training images repainted in another colour
+    recolor_outside: float | None = None  # ... in a colour outside the label set, label masked
     balance_classes: bool | None = None  # "balanced" class weights for single-label heads
     label_smoothing: float = 0.0
     patience: int = 0

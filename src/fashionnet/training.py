@@ -133,7 +133,7 @@ def learning_rate(config: TrainConfig, steps_per_epoch: int):
 def recoloring(heads: Sequence[HeadSpec], config: TrainConfig) -> Recoloring | None:
     """Counterfactual recolouring for the first single-label colour head whose classes are
     colour names recolouring knows; None when off or impossible (with a warning)."""
-    if not config.recolor:
+    if not config.recolor and not config.recolor_outside:
         return None
     for head in heads:
         if head.branch != "color" or head.multi:
@@ -146,7 +146,7 @@ def recoloring(heads: Sequence[HeadSpec], config: TrainConfig) -> Recoloring | N
         if plan.unknown:
             log.warning("recolouring never paints %s (unknown colour names)",
                         ", ".join(plan.unknown))
-        return Recoloring(head.output_name, plan, config.recolor)
+        return Recoloring(head.output_name, plan, config.recolor, config.recolor_outside)
     return None
 
 

@@ -73,7 +73,8 @@ class BatchSequence(keras.utils.PyDataset):
         if self.recolor is not None and targets is not None:
             out = self.recolor.output
             batch, targets[out] = recolor_batch(batch, targets[out], self.recolor.plan,
-                                                self.recolor.probability, self.rng)
+                                                self.recolor.probability, self.rng,
+                                                self.recolor.outside)
         if self.augment:
             x = augment_batch(batch, self.rng) * np.float32(self.scale)
         else:
@@ -105,7 +106,8 @@ def tf_dataset(images: np.ndarray, targets: dict[str, np.ndarray] | None, batch_
 
         def repaint(x, y):
             def run(batch, t):
-                return recolor_batch(batch, t, recolor.plan, recolor.probability, rng)
+                return recolor_batch(batch, t, recolor.plan, recolor.probability, rng,
+                                     recolor.outside)
 
             new_x, new_t = tf.numpy_function(run, [x, y[out]], [tf.uint8, tf.float32])
             new_x.set_shape(x.shape)
