@@ -163,7 +163,8 @@ def model_for(config: TrainConfig, heads: Sequence[HeadSpec]) -> keras.Model:
                        shape_jitter=config.shape_jitter, mirror_average=config.mirror_average,
                        cutout=config.cutout, garment_map=config.garment_map,
                        garment_tone=config.garment_tone,
-                       local_contrast=config.local_contrast)
+                       local_contrast=config.local_contrast,
+                       random_backdrop=config.random_backdrop)
 
 
 def compile_model(model, heads: Sequence[HeadSpec], config: TrainConfig,

@@ -27,6 +27,7 @@ from fashionnet.model.layers import (
     LocalContrastNormalization,
     MirrorAverage,
     MirrorViews,
+    RandomBackdrop,
     RandomCutout,
     RandomGarmentTone,
     RandomPhotometric,
@@ -135,7 +136,8 @@ def build_model(heads: Sequence[HeadSpec], input_size: int = 96,
                 shape_jitter: bool | None = None,
                 mirror_average: bool | None = None, cutout: float | None = None,
                 garment_map: bool | None = None, garment_tone: float | None = None,
-                local_contrast: bool | None = None) -> keras.Model:
+                local_contrast: bool | None = None,
+                random_backdrop: float | None = None) -> keras.Model:
     """A Keras model with one output per head, named ``<head>_output``, in the heads' order.
 
     ``recipe`` flattens each trunk's feature map, as the recipe did; ``gap`` averages it over
@@ -162,6 +164,8 @@ def build_model(heads: Sequence[HeadSpec], input_size: int = 96,
     (`RandomGarmentTone`; default: the architecture's). ``local_contrast`` normalises the
     disentangled grayscale branch's input by its local contrast before the per-image
     standardisation (`LocalContrastNormalization`; default: the architecture's).
+    ``random_backdrop`` > 0 replaces the plain backdrop of that share of the grayscale branch's
+    training inputs by a random texture (`RandomBackdrop`; default: the architecture's).
     """
     if variant not in VARIANTS:
         raise ValueError(f"unknown architecture {variant!r}; choose from {VARIANTS}")
@@ -172,6 +176,7 @@ def build_model(heads: Sequence[HeadSpec], input_size: int = 96,
     garment_map = defaults["garment_map"] if garment_map is None else garment_map
     garment_tone = defaults["garment_tone"] if garment_tone is None else garment_tone
     local_contrast = defaults["local_contrast"] if local_contrast is None else local_contrast
+    random_backdrop = defaults["random_backdrop"] if random_backdrop is None else random_backdrop
     inputs = keras.Input(shape=(input_size, input_size, 3), name="image")
     garment_map = garment_map and garment_map_applies(heads, variant)
     shared_jitter = garment_map and shape_jitter
@@ -191,8 +196,11 @@ def build_model(heads: Sequence[HeadSpec], input_size: int = 96,
             gray = Grayscale(name="grayscale")(image)
             if mirror_average:
                 gray = MirrorViews(name="gray_mirror_views")(gray)
-            if garment_tone > 0:  # before the jitter: it reads the backdrop off the border
+            # Both before the jitter: they read the backdrop off the border.
+            if garment_tone > 0:
                 gray = RandomGarmentTone(garment_tone, name="gray_garment_tone")(gray)
+            if random_backdrop > 0:
+                gray = RandomBackdrop(random_backdrop, name="gray_random_backdrop")(gray)
             if shape_jitter and not shared_jitter:
                 gray = RandomShapeJitter(name="gray_shape_jitter")(gray)
             if cutout > 0:

@@ -220,6 +220,72 @@ class RandomGarmentTone(keras.layers.Layer):
 
 
 @keras.saving.register_keras_serializable(PACKAGE)
+class RandomBackdrop(keras.layers.Layer):
+    """Training only: a [0, 1] grayscale image's plain backdrop replaced by a random one.
+
+    Every shoe in the fashion set is a product shot on white, while its dresses and jeans are
+    often worn in a room or a street; photographed elsewhere, shoes on a wooden floor, a carpet
+    or a grey wall were called dress or jeans. This keeps the garment (pixels far from the
+    border's gray, as `RandomGarmentTone` finds them) and paints everything else as a random
+    mix of a flat level, a gradient, soft blotches, stripes (floorboards, fabric) and grain,
+    so that what surrounds a garment stops naming it. Images without a clear backdrop (garment
+    under 3 % or over 95 % of the frame) are left alone. Identity at inference.
+    """
+
+    DISTANCE = RandomGarmentTone.DISTANCE
+    AREA = RandomGarmentTone.AREA
+
+    def __init__(self, rate: float = 0.5, seed: int | None = None, **kwargs):
+        super().__init__(**kwargs)
+        self.rate, self.seed = rate, seed
+        self.seed_generator = keras.random.SeedGenerator(seed)
+
+    def _texture(self, inputs):
+        """(n, h, w, 1) random backdrops in [0, 1]."""
+        n, h, w = ops.shape(inputs)[0], inputs.shape[1], inputs.shape[2]
+        uniform = lambda low, high: per_image_uniform(inputs, low, high, self.seed_generator)  # noqa: E731
+        y = ops.reshape(ops.linspace(-0.5, 0.5, h), (1, h, 1, 1))
+        x = ops.reshape(ops.linspace(-0.5, 0.5, w), (1, 1, w, 1))
+        angle, phase = uniform(0.0, math.pi), uniform(0.0, 2 * math.pi)
+        along = ops.cos(angle) * x + ops.sin(angle) * y  # a random direction
+        gradient = uniform(-0.5, 0.5) * along
+        angle2 = uniform(0.0, math.pi)
+        across = ops.cos(angle2) * x + ops.sin(angle2) * y
+        stripes = uniform(0.0, 0.15) * ops.sin(2 * math.pi * uniform(2.0, 12.0) * across + phase)
+        coarse = keras.random.normal((n, 4, 4, 1), seed=self.seed_generator)
+        blotches = uniform(0.0, 0.2) * ops.image.resize(coarse, (h, w), interpolation="bilinear")
+        grain = uniform(0.0, 0.06) * keras.random.normal((n, h, w, 1), seed=self.seed_generator)
+        return ops.clip(uniform(0.0, 1.0) + gradient + stripes + blotches + grain, 0.0, 1.0)
+
+    def call(self, inputs, training=None):
+        if not training or self.rate <= 0:
+            return inputs
+        lo, hi = self.DISTANCE
+        distance = ops.abs(inputs - backdrop(inputs))
+        mask = ops.clip((distance - lo) / (hi - lo), 0.0, 1.0)
+        area = ops.mean(mask, axis=(1, 2, 3), keepdims=True)
+        # How much of each pixel is garment: 1 inside it (the mask, eroded by a pixel); on its
+        # edge, the pixel's distance from the backdrop over the garment's mean distance, so an
+        # edge pixel half garment, half backdrop swaps only its backdrop half (no light halo
+        # round a dark garment); shadows on the old backdrop stay as shadows.
+        inside = -ops.max_pool(-mask, 3, strides=1, padding="same")
+        contrast = (ops.sum(mask * distance, axis=(1, 2, 3), keepdims=True)
+                    / ops.maximum(ops.sum(mask, axis=(1, 2, 3), keepdims=True), EPSILON))
+        alpha = ops.maximum(inside, ops.clip(distance / ops.maximum(contrast, hi), 0.0, 1.0))
+        replaced = ops.clip(inputs + (1.0 - alpha) * (self._texture(inputs) - backdrop(inputs)),
+                            0.0, 1.0)
+        chosen = per_image_uniform(inputs, 0.0, 1.0, self.seed_generator) < self.rate
+        clear = ops.logical_and(area >= self.AREA[0], area <= self.AREA[1])
+        return ops.where(ops.logical_and(chosen, clear), replaced, inputs)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {**super().get_config(), "rate": self.rate, "seed": self.seed}
+
+
+@keras.saving.register_keras_serializable(PACKAGE)
 class RandomShapeJitter(keras.layers.Layer):
     """Training only: mirror, shift and zoom an image (Keras's own random layers, in that order).
 
