@@ -16,6 +16,7 @@ from fashionnet.model.fashionnet import build_model
 from fashionnet.model.layers import (
     ImageStandardization,
     LocalContrastNormalization,
+    RandomBackdrop,
     RandomCutout,
     RandomGarmentTone,
     RandomPhotometric,
@@ -265,6 +266,59 @@ def test_garment_tone_is_off_by_default_and_reaches_the_category_branch_only_whe
     assert _config_from_args(args).garment_tone == 0.5
     with pytest.raises(FashionNetError, match="garment_tone must be at least 0 and at most 1"):
         TrainConfig(garment_tone=-0.1)
+
+
+def test_random_backdrop_replaces_the_backdrop_and_keeps_the_garment():
+    """A dark garment on white: the backdrop becomes many different textures (levels and
+    patterns), the garment's inside does not move, and an edge pixel half garment, half
+    backdrop lands half way between the garment and its new backdrop (no light halo)."""
+    x = np.stack([_gray_garment(0.2)] * 64)
+    x[:, 8:24, 9] = (0.2 * 0.8 + 1.0) / 2  # an anti-aliased column left of the garment
+    out = np.asarray(RandomBackdrop(rate=1.0, seed=3)(x, training=True))
+    np.testing.assert_allclose(out[:, 9:23, 11:21], x[:, 9:23, 11:21], atol=1e-6)
+    corner = out[:, :6, :6, 0]
+    assert np.ptp(corner.mean(axis=(1, 2))) > 0.5  # dark and light backdrops
+    assert np.median(corner.std(axis=(1, 2))) > 0.01  # textured, not flat
+    outside = out[:, 8:24, 6]
+    halfway = (0.2 * 0.8 + outside) / 2
+    assert np.abs(out[:, 8:24, 9] - halfway).mean() < 0.06
+    np.testing.assert_array_equal(np.asarray(RandomBackdrop(1.0)(x, training=False)), x)
+    np.testing.assert_array_equal(np.asarray(RandomBackdrop(0.0)(x, training=True)), x)
+    half = np.asarray(RandomBackdrop(rate=0.5, seed=1)(x, training=True))
+    assert 16 < (np.abs(half - x).max(axis=(1, 2, 3)) > 0).sum() < 48
+
+
+def test_random_backdrop_leaves_close_ups_and_blank_frames_alone():
+    rng = np.random.default_rng(0)
+    close_up = (0.3 + rng.uniform(-0.03, 0.03, (4, 32, 32, 1))).astype(np.float32)
+    blank = np.ones((4, 32, 32, 1), np.float32)
+    for x in (close_up, blank):
+        np.testing.assert_array_equal(
+            np.asarray(RandomBackdrop(rate=1.0, seed=0)(x, training=True)), x)
+
+
+def test_random_backdrop_is_off_by_default_and_reaches_the_category_branch_only_when_asked(
+        tmp_path):
+    from fashionnet.cli import _config_from_args, build_parser
+
+    assert "gray_random_backdrop" not in {layer.name for layer in build_model(HEADS, 32).layers}
+    assert TrainConfig().random_backdrop == 0.0
+    trained = model_for(TrainConfig(random_backdrop=0.25, input_size=32), HEADS)
+    assert trained.get_layer("gray_random_backdrop").rate == 0.25
+    build_model(HEADS, 32, random_backdrop=0.5).save(tmp_path / "m.keras")
+    model = keras.saving.load_model(tmp_path / "m.keras", compile=False, safe_mode=True)
+    assert model.get_layer("gray_random_backdrop").rate == 0.5
+    x = _garment()[None].astype(np.float32) / 255
+    colour = keras.Model(model.input, model.outputs[0])  # the colour head never sees it
+    np.testing.assert_allclose(np.asarray(colour(x, training=True)),
+                               np.asarray(colour(x, training=False)), atol=1e-6)
+    for got, want in zip(model(x), model(x, training=False)):  # what an export traces
+        np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+    args = build_parser().parse_args(["train", "--dataset", "d", "--output", "o",
+                                      "--random-backdrop", "0.5"])
+    assert _config_from_args(args).random_backdrop == 0.5
+    with pytest.raises(FashionNetError, match="random_backdrop must be at least 0 and at most 1"):
+        TrainConfig(random_backdrop=1.5)
 
 
 def _bar_and_square(square: float) -> np.ndarray:

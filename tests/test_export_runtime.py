@@ -93,6 +93,18 @@ def test_local_contrast_model_exports_with_parity(tiny_dataset, tmp_path, rng):
     _export_and_compare(path, rng)
 
 
+def test_random_backdrop_model_exports_with_parity(tiny_dataset, tmp_path, rng):
+    """A training-only layer (random textures, a min-pool) leaves nothing in the exported
+    graph that changes the numbers."""
+    from fashionnet import TrainConfig, train
+
+    config = TrainConfig(dataset=str(tiny_dataset), epochs=1, input_size=32, batch_size=16,
+                         random_backdrop=1.0, cache=False)
+    path = tmp_path / "run"
+    train(config, path, verbose=0)
+    _export_and_compare(path, rng)
+
+
 def test_garment_map_model_exports_with_parity(tiny_dataset, tmp_path, rng):
     """The colour head reading the category branch's map (a stopped gradient, a row slice past
     the mirror views, a bilinear resize) exports to ONNX and gives Keras's numbers."""

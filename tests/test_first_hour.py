@@ -325,6 +325,7 @@ def test_a_bare_dataset_path_hints_at_dataset(capsys):
     ("local_contrast = 9", "local_contrast must be true or false, not 9"),
     ('recolor_outside = "white"', "recolor_outside must be a number, not 'white'"),
     ("recolor_outside = 1.5", "recolor_outside must be at least 0 and at most 1, not 1.5"),
+    ("random_backdrop = true", "random_backdrop must be a number, not True"),
     ("val_fraction = 0.5\ntest_fraction = 0.5", "val_fraction + test_fraction must be below 1"),
     ('[[heads]]\nname = "tags"\nkind = "multi"\nthreshold = 3',
      "head 'tags': threshold must be from 0 to 1, not 3"),
