@@ -297,12 +297,16 @@ def test_random_backdrop_leaves_close_ups_and_blank_frames_alone():
             np.asarray(RandomBackdrop(rate=1.0, seed=0)(x, training=True)), x)
 
 
-def test_random_backdrop_is_off_by_default_and_reaches_the_category_branch_only_when_asked(
-        tmp_path):
+def test_random_backdrop_is_on_by_default_and_reaches_the_category_branch_only(tmp_path):
     from fashionnet.cli import _config_from_args, build_parser
 
-    assert "gray_random_backdrop" not in {layer.name for layer in build_model(HEADS, 32).layers}
-    assert TrainConfig().random_backdrop == 0.0
+    assert build_model(HEADS, 32).get_layer("gray_random_backdrop").rate == 0.5
+    assert TrainConfig().random_backdrop == 0.5
+    recipe = TrainConfig(architecture="recipe")
+    assert recipe.random_backdrop == 0.0  # the recipe trains exactly as published
+    assert "gray_random_backdrop" not in {layer.name for layer in model_for(recipe, HEADS).layers}
+    assert "gray_random_backdrop" not in {
+        layer.name for layer in build_model(HEADS, 32, random_backdrop=0.0).layers}
     trained = model_for(TrainConfig(random_backdrop=0.25, input_size=32), HEADS)
     assert trained.get_layer("gray_random_backdrop").rate == 0.25
     build_model(HEADS, 32, random_backdrop=0.5).save(tmp_path / "m.keras")
