@@ -92,8 +92,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     out = ROOT / "results" / "cross_source"
     out.mkdir(parents=True, exist_ok=True)
+    only = set(args.folders.split(",")) if args.folders else None
     for bundle in args.bundles:
-        only = set(args.folders.split(",")) if args.folders else None
         result = score(bundle, args.apparel, only)
         name = (Path(args.name).name if args.name and len(args.bundles) == 1
                 else "_".join(Path(bundle).parts[-3:]) if "folds" in Path(bundle).parts

@@ -245,27 +245,35 @@ def test_garment_tone_leaves_images_without_a_clear_backdrop_alone():
             np.asarray(RandomGarmentTone(rate=1.0, seed=0)(x, training=True)), x)
 
 
-def test_garment_tone_is_off_by_default_and_reaches_the_category_branch_only_when_asked(
-        tmp_path):
+def _assert_a_category_branch_training_layer(tmp_path, setting: str, bad: float) -> None:
+    """A training-only layer of the category branch, ``gray_<setting>``, built at rate 0.5:
+    saved and loaded in safe mode with its rate; the colour head's output is the same in
+    training and inference (it never sees the layer); the model's plain call is the inference
+    call (what an export traces); the CLI flag sets it; an out-of-range rate is refused."""
     from fashionnet.cli import _config_from_args, build_parser
 
-    assert "gray_garment_tone" not in {layer.name for layer in build_model(HEADS, 32).layers}
-    trained = model_for(TrainConfig(garment_tone=0.25, input_size=32), HEADS)
-    assert trained.get_layer("gray_garment_tone").rate == 0.25
-    build_model(HEADS, 32, garment_tone=0.5).save(tmp_path / "m.keras")
+    build_model(HEADS, 32, **{setting: 0.5}).save(tmp_path / "m.keras")
     model = keras.saving.load_model(tmp_path / "m.keras", compile=False, safe_mode=True)
-    assert model.get_layer("gray_garment_tone").rate == 0.5
+    assert model.get_layer(f"gray_{setting}").rate == 0.5
     x = _garment()[None].astype(np.float32) / 255
     colour = keras.Model(model.input, model.outputs[0])  # the colour head never sees it
     np.testing.assert_allclose(np.asarray(colour(x, training=True)),
                                np.asarray(colour(x, training=False)), atol=1e-6)
     for got, want in zip(model(x), model(x, training=False)):  # what an export traces
         np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
-    args = build_parser().parse_args(["train", "--dataset", "d", "--output", "o",
-                                      "--garment-tone", "0.5"])
-    assert _config_from_args(args).garment_tone == 0.5
-    with pytest.raises(FashionNetError, match="garment_tone must be at least 0 and at most 1"):
-        TrainConfig(garment_tone=-0.1)
+    flag = "--" + setting.replace("_", "-")
+    args = build_parser().parse_args(["train", "--dataset", "d", "--output", "o", flag, "0.5"])
+    assert getattr(_config_from_args(args), setting) == 0.5
+    with pytest.raises(FashionNetError, match=f"{setting} must be at least 0 and at most 1"):
+        TrainConfig(**{setting: bad})
+
+
+def test_garment_tone_is_off_by_default_and_reaches_the_category_branch_only_when_asked(
+        tmp_path):
+    assert "gray_garment_tone" not in {layer.name for layer in build_model(HEADS, 32).layers}
+    trained = model_for(TrainConfig(garment_tone=0.25, input_size=32), HEADS)
+    assert trained.get_layer("gray_garment_tone").rate == 0.25
+    _assert_a_category_branch_training_layer(tmp_path, "garment_tone", bad=-0.1)
 
 
 def test_random_backdrop_replaces_the_backdrop_and_keeps_the_garment():
@@ -298,8 +306,6 @@ def test_random_backdrop_leaves_close_ups_and_blank_frames_alone():
 
 
 def test_random_backdrop_is_on_by_default_and_reaches_the_category_branch_only(tmp_path):
-    from fashionnet.cli import _config_from_args, build_parser
-
     assert build_model(HEADS, 32).get_layer("gray_random_backdrop").rate == 0.5
     assert TrainConfig().random_backdrop == 0.5
     recipe = TrainConfig(architecture="recipe")
@@ -309,20 +315,7 @@ def test_random_backdrop_is_on_by_default_and_reaches_the_category_branch_only(t
         layer.name for layer in build_model(HEADS, 32, random_backdrop=0.0).layers}
     trained = model_for(TrainConfig(random_backdrop=0.25, input_size=32), HEADS)
     assert trained.get_layer("gray_random_backdrop").rate == 0.25
-    build_model(HEADS, 32, random_backdrop=0.5).save(tmp_path / "m.keras")
-    model = keras.saving.load_model(tmp_path / "m.keras", compile=False, safe_mode=True)
-    assert model.get_layer("gray_random_backdrop").rate == 0.5
-    x = _garment()[None].astype(np.float32) / 255
-    colour = keras.Model(model.input, model.outputs[0])  # the colour head never sees it
-    np.testing.assert_allclose(np.asarray(colour(x, training=True)),
-                               np.asarray(colour(x, training=False)), atol=1e-6)
-    for got, want in zip(model(x), model(x, training=False)):  # what an export traces
-        np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
-    args = build_parser().parse_args(["train", "--dataset", "d", "--output", "o",
-                                      "--random-backdrop", "0.5"])
-    assert _config_from_args(args).random_backdrop == 0.5
-    with pytest.raises(FashionNetError, match="random_backdrop must be at least 0 and at most 1"):
-        TrainConfig(random_backdrop=1.5)
+    _assert_a_category_branch_training_layer(tmp_path, "random_backdrop", bad=1.5)
 
 
 def _bar_and_square(square: float) -> np.ndarray:

@@ -73,6 +73,13 @@ def garment_mask(image: np.ndarray) -> np.ndarray:
     return np.clip((distance - lo) / (hi - lo), 0.0, 1.0)
 
 
+def clear_garment_mask(image: np.ndarray) -> np.ndarray | None:
+    """`garment_mask`, or None when the garment covers too little or too much of the frame
+    (no clear backdrop: nothing to repaint safely)."""
+    mask = garment_mask(image)
+    return mask if GARMENT_FRACTION[0] <= float(mask.mean()) <= GARMENT_FRACTION[1] else None
+
+
 def _hsv_to_rgb(h: float, s: float, v: float) -> np.ndarray:
     i = int(h * 6.0) % 6
     f = h * 6.0 - int(h * 6.0)
@@ -125,9 +132,8 @@ class RecolorPlan:
                 rng: np.random.Generator) -> tuple[np.ndarray, int] | None:
         """A copy of ``image`` in another paintable colour and that colour's index, or None
         when the image has no clear garment/backdrop split."""
-        mask = garment_mask(image)
-        fraction = float(mask.mean())
-        if not GARMENT_FRACTION[0] <= fraction <= GARMENT_FRACTION[1]:
+        mask = clear_garment_mask(image)
+        if mask is None:
             return None
         choices = [i for i in self.paintable if i != source_class]
         target = int(rng.choice(choices))
@@ -148,8 +154,8 @@ def recolor_batch(images: np.ndarray, targets: np.ndarray, plan: RecolorPlan,
         if row[0] < 0:  # colour unknown for this record: nothing to move
             continue
         if draws[i] >= probability:
-            mask = garment_mask(images[i])
-            if GARMENT_FRACTION[0] <= float(mask.mean()) <= GARMENT_FRACTION[1]:
+            mask = clear_garment_mask(images[i])
+            if mask is not None:
                 images[i] = paint(images[i], mask, str(rng.choice(plan.outside)), rng)
                 targets[i] = -1.0
             continue

@@ -170,6 +170,35 @@ class RandomPhotometric(keras.layers.Layer):
                 "contrast": self.contrast, "gamma": self.gamma, "seed": self.seed}
 
 
+#: A pixel this far (gray level, 0-1) from the backdrop's is fully garment.
+GARMENT_DISTANCE = (0.05, 0.15)
+#: Images whose garment covers less or more of the frame have no clear backdrop.
+GARMENT_AREA = (0.03, 0.95)
+
+
+def garment_distance_and_mask(images):
+    """Each pixel's distance from its image's backdrop gray, and the soft garment mask made
+    from it (0 on the backdrop, 1 from `GARMENT_DISTANCE`'s upper end on)."""
+    lo, hi = GARMENT_DISTANCE
+    distance = ops.abs(images - backdrop(images))
+    return distance, ops.clip((distance - lo) / (hi - lo), 0.0, 1.0)
+
+
+def masked_mean(values, mask):
+    """Per-image mean of ``values`` weighted by ``mask``, shaped (n, 1, 1, 1)."""
+    return (ops.sum(mask * values, axis=(1, 2, 3), keepdims=True)
+            / ops.maximum(ops.sum(mask, axis=(1, 2, 3), keepdims=True), EPSILON))
+
+
+def where_chosen_and_clear(inputs, changed, mask, rate: float, seed_generator):
+    """``changed`` for a random share ``rate`` of the images that have a clear backdrop (their
+    garment within `GARMENT_AREA` of the frame), ``inputs`` for the rest."""
+    area = ops.mean(mask, axis=(1, 2, 3), keepdims=True)
+    chosen = per_image_uniform(inputs, 0.0, 1.0, seed_generator) < rate
+    clear = ops.logical_and(area >= GARMENT_AREA[0], area <= GARMENT_AREA[1])
+    return ops.where(ops.logical_and(chosen, clear), changed, inputs)
+
+
 @keras.saving.register_keras_serializable(PACKAGE)
 class RandomGarmentTone(keras.layers.Layer):
     """Training only: the garment's pixels of a [0, 1] grayscale image at a random brightness.
@@ -183,11 +212,6 @@ class RandomGarmentTone(keras.layers.Layer):
     under 3 % or over 95 % of the frame) are left alone. Identity at inference.
     """
 
-    #: A pixel this far (gray level, 0-1) from the backdrop's is fully garment.
-    DISTANCE = (0.05, 0.15)
-    #: Images whose garment covers less or more of the frame are left alone.
-    AREA = (0.03, 0.95)
-
     def __init__(self, rate: float = 0.5, low: float = 0.1, high: float = 0.95,
                  seed: int | None = None, **kwargs):
         super().__init__(**kwargs)
@@ -197,19 +221,14 @@ class RandomGarmentTone(keras.layers.Layer):
     def call(self, inputs, training=None):
         if not training or self.rate <= 0:
             return inputs
-        lo, hi = self.DISTANCE
-        mask = ops.clip((ops.abs(inputs - backdrop(inputs)) - lo) / (hi - lo), 0.0, 1.0)
-        area = ops.mean(mask, axis=(1, 2, 3), keepdims=True)
-        garment = (ops.sum(mask * inputs, axis=(1, 2, 3), keepdims=True)
-                   / ops.maximum(ops.sum(mask, axis=(1, 2, 3), keepdims=True), EPSILON))
+        _, mask = garment_distance_and_mask(inputs)
+        garment = masked_mean(inputs, mask)
         # Shading relative to the garment's mean, softened by a random exponent (as `paint`).
         softness = per_image_uniform(inputs, 0.5, 1.0, self.seed_generator)
         shade = ops.power(ops.clip(inputs / ops.maximum(garment, 0.03), EPSILON, 3.0), softness)
         level = per_image_uniform(inputs, self.low, self.high, self.seed_generator)
         toned = mask * ops.clip(level * shade, 0.0, 1.0) + (1.0 - mask) * inputs
-        chosen = per_image_uniform(inputs, 0.0, 1.0, self.seed_generator) < self.rate
-        clear = ops.logical_and(area >= self.AREA[0], area <= self.AREA[1])
-        return ops.where(ops.logical_and(chosen, clear), toned, inputs)
+        return where_chosen_and_clear(inputs, toned, mask, self.rate, self.seed_generator)
 
     def compute_output_shape(self, input_shape):
         return input_shape
@@ -226,14 +245,11 @@ class RandomBackdrop(keras.layers.Layer):
     Every shoe in the fashion set is a product shot on white, while its dresses and jeans are
     often worn in a room or a street; photographed elsewhere, shoes on a wooden floor, a carpet
     or a grey wall were called dress or jeans. This keeps the garment (pixels far from the
-    border's gray, as `RandomGarmentTone` finds them) and paints everything else as a random
+    border's gray, `garment_distance_and_mask`) and paints everything else as a random
     mix of a flat level, a gradient, soft blotches, stripes (floorboards, fabric) and grain,
     so that what surrounds a garment stops naming it. Images without a clear backdrop (garment
     under 3 % or over 95 % of the frame) are left alone. Identity at inference.
     """
-
-    DISTANCE = RandomGarmentTone.DISTANCE
-    AREA = RandomGarmentTone.AREA
 
     def __init__(self, rate: float = 0.5, seed: int | None = None, **kwargs):
         super().__init__(**kwargs)
@@ -243,7 +259,10 @@ class RandomBackdrop(keras.layers.Layer):
     def _texture(self, inputs):
         """(n, h, w, 1) random backdrops in [0, 1]."""
         n, h, w = ops.shape(inputs)[0], inputs.shape[1], inputs.shape[2]
-        uniform = lambda low, high: per_image_uniform(inputs, low, high, self.seed_generator)  # noqa: E731
+
+        def uniform(low: float, high: float):
+            return per_image_uniform(inputs, low, high, self.seed_generator)
+
         y = ops.reshape(ops.linspace(-0.5, 0.5, h), (1, h, 1, 1))
         x = ops.reshape(ops.linspace(-0.5, 0.5, w), (1, 1, w, 1))
         angle, phase = uniform(0.0, math.pi), uniform(0.0, 2 * math.pi)
@@ -260,23 +279,17 @@ class RandomBackdrop(keras.layers.Layer):
     def call(self, inputs, training=None):
         if not training or self.rate <= 0:
             return inputs
-        lo, hi = self.DISTANCE
-        distance = ops.abs(inputs - backdrop(inputs))
-        mask = ops.clip((distance - lo) / (hi - lo), 0.0, 1.0)
-        area = ops.mean(mask, axis=(1, 2, 3), keepdims=True)
+        distance, mask = garment_distance_and_mask(inputs)
         # How much of each pixel is garment: 1 inside it (the mask, eroded by a pixel); on its
         # edge, the pixel's distance from the backdrop over the garment's mean distance, so an
         # edge pixel half garment, half backdrop swaps only its backdrop half (no light halo
         # round a dark garment); shadows on the old backdrop stay as shadows.
         inside = -ops.max_pool(-mask, 3, strides=1, padding="same")
-        contrast = (ops.sum(mask * distance, axis=(1, 2, 3), keepdims=True)
-                    / ops.maximum(ops.sum(mask, axis=(1, 2, 3), keepdims=True), EPSILON))
-        alpha = ops.maximum(inside, ops.clip(distance / ops.maximum(contrast, hi), 0.0, 1.0))
+        contrast = ops.maximum(masked_mean(distance, mask), GARMENT_DISTANCE[1])
+        alpha = ops.maximum(inside, ops.clip(distance / contrast, 0.0, 1.0))
         replaced = ops.clip(inputs + (1.0 - alpha) * (self._texture(inputs) - backdrop(inputs)),
                             0.0, 1.0)
-        chosen = per_image_uniform(inputs, 0.0, 1.0, self.seed_generator) < self.rate
-        clear = ops.logical_and(area >= self.AREA[0], area <= self.AREA[1])
-        return ops.where(ops.logical_and(chosen, clear), replaced, inputs)
+        return where_chosen_and_clear(inputs, replaced, mask, self.rate, self.seed_generator)
 
     def compute_output_shape(self, input_shape):
         return input_shape
