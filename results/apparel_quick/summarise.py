@@ -26,6 +26,8 @@ def merged(paths: str) -> dict:
 
 
 def main(args: list[str]) -> None:
+    if not args or any("=" not in a for a in args):
+        raise SystemExit("usage: summarise.py NAME=study.json[,study.json...] [NAME=...]")
     networks = {name: merged(paths) for name, paths in (a.split("=", 1) for a in args)}
     combos = sorted(set.intersection(*(set(f) for f in networks.values())))
     print("| held-out | " + " | ".join(f"{n}: unseen exact | colour | category | seen exact"
