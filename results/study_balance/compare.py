@@ -4,7 +4,8 @@
         results/study_default_mirror/study.json:results/study_balance/seed42.json \
         results/study_default_seeds/seed7.json:results/study_balance/seed7.json
 
-Each argument is BEFORE:AFTER, two study.json files run at the same seed.
+Each argument is BEFORE:AFTER, two study.json files run at the same seed. The means are over
+the folds AFTER has (a study stopped early is compared on the folds it finished).
 """
 
 import json
@@ -13,8 +14,8 @@ import sys
 from pathlib import Path
 
 
-def figures(study: dict) -> tuple[float, float, str, float]:
-    folds = study["folds"]
+def figures(study: dict, only: list[str]) -> tuple[float, float, str, float]:
+    folds = {k: study["folds"][k] for k in only}
     unseen = {k: f["unseen_exact_match"] * 100 for k, f in folds.items()}
     worst = min(unseen, key=unseen.get)
     seen = statistics.mean(f["seen_exact_match"] * 100 for f in folds.values())
@@ -38,7 +39,8 @@ def main(pairs: list[str]) -> None:
                   f" → {new['seen_exact_match'] * 100:.1f} % | "
                   f"{old['unseen_head_accuracy']['category'] * 100:.1f} → "
                   f"{new['unseen_head_accuracy']['category'] * 100:.1f} % |")
-        totals.append((seed, figures(before), figures(after)))
+        shared = list(after["folds"])
+        totals.append((seed, figures(before, shared), figures(after, shared)))
     print()
     print("| seed | mean unseen | worst fold | mean seen |")
     print("| --- | --- | --- | --- |")
