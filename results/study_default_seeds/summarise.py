@@ -7,10 +7,11 @@
 import json
 import statistics
 import sys
+from pathlib import Path
 
 
 def main(paths: list[str]) -> None:
-    studies = [json.load(open(p)) for p in paths]
+    studies = [json.loads(Path(p).read_text()) for p in paths]
     seeds = [s["config"]["seed"] for s in studies]
     folds = list(studies[0]["folds"])
     print("| held-out | " + " | ".join(f"seed {s}: unseen / seen" for s in seeds)
@@ -33,9 +34,9 @@ def main(paths: list[str]) -> None:
           + f" | **{statistics.mean(r[0] for r in rows):.2f} %** / "
             f"**{statistics.mean(r[3] for r in rows):.2f} %** |")
     print()
-    print("unseen mean per seed: min %.2f, max %.2f; seen: min %.2f, max %.2f"
-          % (min(r[0] for r in rows), max(r[0] for r in rows),
-             min(r[3] for r in rows), max(r[3] for r in rows)))
+    unseen, seen = [r[0] for r in rows], [r[3] for r in rows]
+    print(f"unseen mean per seed: min {min(unseen):.2f}, max {max(unseen):.2f}; "
+          f"seen: min {min(seen):.2f}, max {max(seen):.2f}")
 
 
 if __name__ == "__main__":
