@@ -48,8 +48,9 @@ else:  # pragma: no cover
 #: (`balance_classes`): a held-out combination leaves its category with half the images of the
 #: others, and an unweighted head then calls it the common one (held-out jeans called dress).
 #: Local contrast normalisation of the category branch's input (`local_contrast`) is off: on
-#: fashion's folds +0.3 unseen, +0.8 seen over two seeds, but on apparel's photos it costs
-#: brown and green shoes 4-14 points of category (lever 23 in docs/accuracy.md). Half of the
+#: fashion's folds, with the random backdrop below, +0.3 unseen and +1.0 seen over two seeds,
+#: but shoes photographed elsewhere lose 2-10 points of category (levers 23 and 26 in
+#: docs/accuracy.md). Half of the
 #: category branch's training inputs get a random backdrop behind the garment
 #: (`random_backdrop`, `model.layers.RandomBackdrop`): every fashion shoe is a product shot on
 #: white, and photographed elsewhere (a floor, a street) shoes were called dress or jeans; with
