@@ -2,7 +2,6 @@
 branch, counterfactual recolouring, the architecture defaults and the cosine schedule."""
 
 import colorsys
-import json
 import logging
 
 import keras
@@ -21,9 +20,8 @@ from fashionnet.model.layers import (
     RandomCutout,
     RandomGarmentTone,
     RandomPhotometric,
-    pause_repainting,
 )
-from fashionnet.training import CleanFinish, model_for
+from fashionnet.training import model_for
 
 HEADS = [HeadSpec("color", ["black", "blue", "red"], branch="color"),
          HeadSpec("category", ["dress", "jeans", "shirt", "shoes"], branch="gray")]
@@ -318,62 +316,6 @@ def test_random_backdrop_is_on_by_default_and_reaches_the_category_branch_only(t
     trained = model_for(TrainConfig(random_backdrop=0.25, input_size=32), HEADS)
     assert trained.get_layer("gray_random_backdrop").rate == 0.25
     _assert_a_category_branch_training_layer(tmp_path, "random_backdrop", bad=1.5)
-
-
-def test_clean_epochs_end_training_without_the_repainting_augmentations():
-    """The traced training step itself changes: a model whose loss is how far the backdrop
-    layer moved its input has a positive loss until the last ``clean_epochs`` epochs, then
-    zero; the first epoch keeps the repainting whatever the setting."""
-    x = np.stack([_gray_garment(0.2)] * 8)
-
-    def losses(epochs: int, clean: int) -> list[float]:
-        image = keras.Input((32, 32, 1))
-        moved = keras.layers.Subtract()([RandomBackdrop(1.0, seed=1)(image), image])
-        out = keras.layers.Dense(1, use_bias=False, kernel_initializer="ones")(
-            keras.layers.GlobalAveragePooling2D()(moved))
-        model = keras.Model(image, out)
-        model.compile(keras.optimizers.SGD(0.0), "mse")
-        history = model.fit(x, np.zeros((8, 1)), epochs=epochs, batch_size=4, verbose=0,
-                            callbacks=[CleanFinish(epochs, clean)])
-        return history.history["loss"]
-
-    assert [loss > 1e-4 for loss in losses(4, 2)] == [True, True, False, False]
-    assert [loss > 1e-4 for loss in losses(3, 5)] == [True, False, False]
-
-
-def test_clean_epochs_is_a_setting_off_by_default(tiny_dataset, tmp_path):
-    from fashionnet.cli import _config_from_args, build_parser
-    from fashionnet.training import train
-
-    assert TrainConfig().clean_epochs == 0
-    assert pause_repainting(build_model(HEADS, 32, cutout=0.5, garment_tone=0.5)) == 3
-    assert pause_repainting(build_model(HEADS, 32, variant="recipe")) == 0
-    assert TrainConfig(architecture="recipe").clean_epochs == 0
-    args = build_parser().parse_args(["train", "--dataset", "d", "--output", "o",
-                                      "--clean-epochs", "3"])
-    assert _config_from_args(args).clean_epochs == 3
-    with pytest.raises(FashionNetError, match="clean_epochs must be fewer than epochs"):
-        TrainConfig(epochs=5, clean_epochs=5)
-    with pytest.raises(FashionNetError, match="clean_epochs must be at least 0"):
-        TrainConfig(clean_epochs=-1)
-    # A whole run: epoch 1 repaints, epoch 2 does not, and the model repaints again after.
-    config = TrainConfig(dataset=str(tiny_dataset), epochs=2, clean_epochs=1, input_size=32,
-                         batch_size=16, cutout=0.5, cache=False)
-    seen: dict = {"paused": []}
-
-    class Record(keras.callbacks.Callback):
-        def on_epoch_begin(self, epoch, logs=None):
-            seen["paused"].append((self.model.get_layer("gray_random_backdrop").paused,
-                                   self.model.get_layer("gray_cutout").paused))
-
-    def hook(model, best):
-        seen["model"] = model
-        return 0, [Record()]
-
-    train(config, tmp_path / "run", verbose=0, fit_hook=hook)
-    assert seen["paused"] == [(False, False), (True, True)]
-    assert not seen["model"].get_layer("gray_random_backdrop").paused
-    assert json.loads((tmp_path / "run" / "config.json").read_text())["clean_epochs"] == 1
 
 
 def _bar_and_square(square: float) -> np.ndarray:

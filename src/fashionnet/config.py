@@ -59,20 +59,17 @@ ARCHITECTURE_DEFAULTS: dict[str, dict[str, Any]] = {
     "recipe": {"input_size": 96, "epochs": 50, "lr_decay": "recipe", "augment": False,
                "shape_jitter": False, "mirror_average": False, "cutout": 0.0,
                "garment_map": False, "garment_tone": 0.0, "local_contrast": False,
-               "random_backdrop": 0.0, "clean_epochs": 0,
-               "bn_momentum": 0.99, "recolor": 0.0, "recolor_outside": 0.0,
+               "random_backdrop": 0.0, "bn_momentum": 0.99, "recolor": 0.0, "recolor_outside": 0.0,
                "precise_bn": False, "balance_classes": False},
     "gap": {"input_size": 96, "epochs": 50, "lr_decay": "recipe", "augment": False,
             "shape_jitter": False, "mirror_average": False, "cutout": 0.0,
             "garment_map": False, "garment_tone": 0.0, "local_contrast": False,
-            "random_backdrop": 0.0, "clean_epochs": 0,
-            "bn_momentum": 0.99, "recolor": 0.0, "recolor_outside": 0.0,
+            "random_backdrop": 0.0, "bn_momentum": 0.99, "recolor": 0.0, "recolor_outside": 0.0,
             "precise_bn": False, "balance_classes": False},
     "disentangled": {"input_size": 64, "epochs": 30, "lr_decay": "cosine", "augment": False,
                      "shape_jitter": True, "mirror_average": True, "cutout": 0.0,
                      "garment_map": False, "garment_tone": 0.0, "local_contrast": False,
-                     "random_backdrop": 0.5, "clean_epochs": 0,
-                     "bn_momentum": 0.9, "recolor": 0.5, "recolor_outside": 0.0,
+                     "random_backdrop": 0.5, "bn_momentum": 0.9, "recolor": 0.5, "recolor_outside": 0.0,
                      "precise_bn": True, "balance_classes": True},
 }
 LR_DECAYS = ("recipe", "cosine", "none")
@@ -200,9 +197,6 @@ SETTINGS: dict[str, Setting] = {
                                       "gets its plain backdrop replaced by a random texture "
                                       "(gradient, blotches, stripes, grain)", minimum=0.0,
                                maximum=1.0, metavar="P"),
-    "clean_epochs": Setting(int, "the last N epochs train without the random backdrop, cutout "
-                                 "and garment tone: the category branch ends on images like "
-                                 "those it will meet", minimum=0, metavar="N"),
     "local_contrast": Setting(bool, "divide the category branch's grayscale input by its local "
                                     "contrast, so a faint outline (white on white) counts as "
                                     "much as a sharp one"),
@@ -290,7 +284,6 @@ class TrainConfig:
     garment_tone: float | None = None  # garment-only brightness of the grayscale branch's input
     local_contrast: bool | None = None  # local contrast normalisation of the grayscale branch
     random_backdrop: float | None = None  # random backdrop behind the grayscale branch's garment
-    clean_epochs: int | None = None  # last epochs without backdrop, cutout, garment tone
     recolor: float | None = None  # share of training images repainted in another colour
     recolor_outside: float | None = None  # ... in a colour outside the label set, label masked
     balance_classes: bool | None = None  # "balanced" class weights for single-label heads
@@ -321,9 +314,6 @@ class TrainConfig:
             problem = setting.check(name, getattr(self, name))
             if problem:
                 raise FashionNetError(problem)
-        if self.clean_epochs >= self.epochs > 0 and not self.follows_architecture("clean_epochs"):
-            raise FashionNetError(f"clean_epochs must be fewer than epochs ({self.epochs}), not "
-                                  f"{self.clean_epochs}")
         if self.split == "standard" and self.val_fraction + self.test_fraction >= 1.0:
             raise FashionNetError(f"val_fraction + test_fraction must be below 1 (no training "
                                   f"images left), not {self.val_fraction} + {self.test_fraction}")

@@ -36,7 +36,7 @@ from fashionnet.metrics import (
     fit_temperature,
 )
 from fashionnet.model.fashionnet import build_model, garment_map_applies, predict_probabilities
-from fashionnet.model.layers import HeadAccuracy, HeadLoss, pause_repainting
+from fashionnet.model.layers import HeadAccuracy, HeadLoss
 from fashionnet.plots import plot_history
 
 log = logging.getLogger("fashionnet")
@@ -314,25 +314,6 @@ class BestEpoch(keras.callbacks.Callback):
             self.model.set_weights(self.best_weights)
 
 
-class CleanFinish(keras.callbacks.Callback):
-    """The last ``clean_epochs`` of ``epochs`` train without the augmentations that repaint the
-    category branch's input (`pause_repainting`: random backdrop, cutout, garment tone), as
-    Ultralytics ends YOLO training without mosaics (``close_mosaic``): the network's last steps,
-    and the BatchNorm statistics re-estimated after them, are on images like those it will meet.
-    The first epoch always keeps them."""
-
-    def __init__(self, epochs: int, clean_epochs: int):
-        super().__init__()
-        self.start = max(1, epochs - clean_epochs)
-        self.paused = False
-
-    def on_epoch_begin(self, epoch, logs=None):
-        if epoch >= self.start and not self.paused:
-            self.paused = True
-            if pause_repainting(self.model):
-                self.model.make_train_function(force=True)  # the traced step read the old switch
-
-
 class EpochLine(keras.callbacks.Callback):
     """One short line per epoch through the ``fashionnet`` logger (no progress bar, no ANSI):
 
@@ -422,7 +403,6 @@ def train(config: TrainConfig, output: str | Path, *, overwrite: bool = False,
                      batch_size=config.batch_size, momentum=config.bn_momentum,
                      steps_per_epoch=steps_per_epoch)
     callbacks = [best] if len(split.val) else []
-    finish = [CleanFinish(config.epochs, config.clean_epochs)] if config.clean_epochs else []
     lines = [EpochLine(heads, config.epochs)] if verbose != 0 else []
     started = time.perf_counter()
     # shuffle=False: the batches shuffle themselves (Keras ignores it for datasets anyway).
@@ -430,7 +410,7 @@ def train(config: TrainConfig, output: str | Path, *, overwrite: bool = False,
     # EpochLine writes one readable line per epoch instead.
     first_epoch, extra = fit_hook(model, best if callbacks else None) if fit_hook else (0, [])
     history = model.fit(train_batches, validation_data=val_batches, epochs=config.epochs,
-                        shuffle=False, callbacks=callbacks + finish + lines + extra, verbose=0,
+                        shuffle=False, callbacks=callbacks + lines + extra, verbose=0,
                         initial_epoch=first_epoch)
     fit_seconds = time.perf_counter() - started
     if verbose != 0:
@@ -438,7 +418,6 @@ def train(config: TrainConfig, output: str | Path, *, overwrite: bool = False,
                  "calibrating and saving the bundle", fit_seconds)
     if config.precise_bn:
         precise_batchnorm(model, images["train"], config.batch_size, seed=config.seed)
-    pause_repainting(model, False)
     epochs_run = len(history.history.get("loss", []))
     hist = dict(history.history)
     if callbacks:

@@ -199,17 +199,6 @@ def where_chosen_and_clear(inputs, changed, mask, rate: float, seed_generator):
     return ops.where(ops.logical_and(chosen, clear), changed, inputs)
 
 
-def pause_repainting(model, paused: bool = True) -> int:
-    """Switch off (or back on) the training augmentations that repaint the category branch's
-    input (`RandomBackdrop`, `RandomCutout`, `RandomGarmentTone`); returns how many there are.
-    A traced training step keeps the switch it was traced with: rebuild it after a change."""
-    layers = [layer for layer in model._flatten_layers(include_self=False, recursive=True)
-              if isinstance(layer, (RandomBackdrop, RandomCutout, RandomGarmentTone))]
-    for layer in layers:
-        layer.paused = paused
-    return len(layers)
-
-
 @keras.saving.register_keras_serializable(PACKAGE)
 class RandomGarmentTone(keras.layers.Layer):
     """Training only: the garment's pixels of a [0, 1] grayscale image at a random brightness.
@@ -228,10 +217,9 @@ class RandomGarmentTone(keras.layers.Layer):
         super().__init__(**kwargs)
         self.rate, self.low, self.high, self.seed = rate, low, high, seed
         self.seed_generator = keras.random.SeedGenerator(seed)
-        self.paused = False  # `pause_repainting`; not saved: a run-time switch
 
     def call(self, inputs, training=None):
-        if not training or self.rate <= 0 or self.paused:
+        if not training or self.rate <= 0:
             return inputs
         _, mask = garment_distance_and_mask(inputs)
         garment = masked_mean(inputs, mask)
@@ -267,7 +255,6 @@ class RandomBackdrop(keras.layers.Layer):
         super().__init__(**kwargs)
         self.rate, self.seed = rate, seed
         self.seed_generator = keras.random.SeedGenerator(seed)
-        self.paused = False  # `pause_repainting`; not saved: a run-time switch
 
     def _texture(self, inputs):
         """(n, h, w, 1) random backdrops in [0, 1]."""
@@ -290,7 +277,7 @@ class RandomBackdrop(keras.layers.Layer):
         return ops.clip(uniform(0.0, 1.0) + gradient + stripes + blotches + grain, 0.0, 1.0)
 
     def call(self, inputs, training=None):
-        if not training or self.rate <= 0 or self.paused:
+        if not training or self.rate <= 0:
             return inputs
         distance, mask = garment_distance_and_mask(inputs)
         # How much of each pixel is garment: 1 inside it (the mask, eroded by a pixel); on its
@@ -369,10 +356,9 @@ class RandomCutout(keras.layers.Layer):
         super().__init__(**kwargs)
         self.rate, self.min_side, self.max_side, self.seed = rate, min_side, max_side, seed
         self.seed_generator = keras.random.SeedGenerator(seed)
-        self.paused = False  # `pause_repainting`; not saved: a run-time switch
 
     def call(self, inputs, training=None):
-        if not training or self.rate <= 0 or self.paused:
+        if not training or self.rate <= 0:
             return inputs
         height, width = ops.shape(inputs)[1], ops.shape(inputs)[2]
 
