@@ -43,6 +43,8 @@ def shift(images, dy, dx):
     return np.roll(padded, (dy, dx), axis=(1, 2))[:, 4:-4, 4:-4]
 
 
+if len(sys.argv) != 3:
+    sys.exit("usage: extra_views.py STUDY_DIR OUTPUT.json")
 study_dir = Path(sys.argv[1])
 study = json.loads((study_dir / "study.json").read_text())
 config = TrainConfig.from_dict(study["config"])
