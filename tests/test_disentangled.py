@@ -209,6 +209,34 @@ def test_cutout_is_off_by_default_and_reaches_the_category_branch_only_when_aske
         TrainConfig(cutout=1.5)
 
 
+def test_category_dropout_sets_the_grayscale_blocks_dropout_and_zero_removes_it(tmp_path):
+    from fashionnet.cli import _config_from_args, build_parser
+
+    def block_rates(model) -> list[float]:
+        return [model.get_layer(f"gray{i}_drop").rate for i in (1, 2, 3)
+                if f"gray{i}_drop" in {layer.name for layer in model.layers}]
+
+    recipe = build_model(HEADS, 32, variant="recipe")
+    assert block_rates(recipe) == [0.25, 0.25, 0.25]  # the recipe, exactly
+    assert block_rates(model_for(TrainConfig(category_dropout=0.1, input_size=32), HEADS)) == [
+        0.1, 0.1, 0.1]
+    bare = build_model(HEADS, 32, category_dropout=0.0)
+    assert block_rates(bare) == []
+    # only the grayscale branch: the recipe's colour branch keeps its dropout
+    colour = build_model(HEADS, 32, variant="recipe", category_dropout=0.0)
+    assert block_rates(colour) == [] and colour.get_layer("color1_drop").rate == 0.25
+    x = np.random.default_rng(0).uniform(0, 1, (2, 32, 32, 3)).astype("float32")
+    bare.save(tmp_path / "m.keras")
+    loaded = keras.saving.load_model(tmp_path / "m.keras", compile=False, safe_mode=True)
+    for a, b in zip(bare(x, training=False), loaded(x, training=False)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6)
+    args = build_parser().parse_args(["train", "--dataset", "d", "--output", "o",
+                                      "--category-dropout", "0.1"])
+    assert _config_from_args(args).category_dropout == 0.1
+    with pytest.raises(FashionNetError, match="category_dropout must be at least 0 and below 1"):
+        TrainConfig(category_dropout=-0.1)
+
+
 def _gray_garment(level: float, size: int = 32) -> np.ndarray:
     """A white backdrop and a shaded gray 'garment' whose pixels ramp left to right."""
     x = np.ones((size, size, 1), np.float32)

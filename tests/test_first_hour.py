@@ -326,6 +326,8 @@ def test_a_bare_dataset_path_hints_at_dataset(capsys):
     ('recolor_outside = "white"', "recolor_outside must be a number, not 'white'"),
     ("recolor_outside = 1.5", "recolor_outside must be at least 0 and at most 1, not 1.5"),
     ("random_backdrop = true", "random_backdrop must be a number, not True"),
+    ('category_dropout = "none"', "category_dropout must be a number, not 'none'"),
+    ("category_dropout = 1.0", "category_dropout must be at least 0 and below 1, not 1.0"),
     ("val_fraction = 0.5\ntest_fraction = 0.5", "val_fraction + test_fraction must be below 1"),
     ('[[heads]]\nname = "tags"\nkind = "multi"\nthreshold = 3',
      "head 'tags': threshold must be from 0 to 1, not 3"),

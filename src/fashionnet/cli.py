@@ -69,10 +69,10 @@ def _config_from_args(args) -> TrainConfig:
 _TRAIN_SETTINGS = ("dataset", "multi", "separator", "architecture", "input_size", "epochs",
                    "batch_size", "learning_rate", "lr_decay", "bn_momentum", "augment",
                    "shape_jitter", "mirror_average", "cutout", "garment_map", "garment_tone",
-                   "random_backdrop", "local_contrast", "recolor", "recolor_outside", "balance_classes",
-                   "label_smoothing", "split", "val_fraction", "test_fraction", "holdout",
-                   "seed", "patience", "dedupe", "precise_bn", "calibrate", "strict", "cache",
-                   "allow_outside")
+                   "random_backdrop", "category_dropout", "local_contrast", "recolor",
+                   "recolor_outside", "balance_classes", "label_smoothing", "split",
+                   "val_fraction", "test_fraction", "holdout", "seed", "patience", "dedupe",
+                   "precise_bn", "calibrate", "strict", "cache", "allow_outside")
 
 
 def _names(text: str) -> list[str]:

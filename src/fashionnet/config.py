@@ -59,18 +59,21 @@ ARCHITECTURE_DEFAULTS: dict[str, dict[str, Any]] = {
     "recipe": {"input_size": 96, "epochs": 50, "lr_decay": "recipe", "augment": False,
                "shape_jitter": False, "mirror_average": False, "cutout": 0.0,
                "garment_map": False, "garment_tone": 0.0, "local_contrast": False,
-               "random_backdrop": 0.0, "bn_momentum": 0.99, "recolor": 0.0, "recolor_outside": 0.0,
-               "precise_bn": False, "balance_classes": False},
+               "random_backdrop": 0.0, "category_dropout": 0.25, "bn_momentum": 0.99,
+               "recolor": 0.0, "recolor_outside": 0.0, "precise_bn": False,
+               "balance_classes": False},
     "gap": {"input_size": 96, "epochs": 50, "lr_decay": "recipe", "augment": False,
             "shape_jitter": False, "mirror_average": False, "cutout": 0.0,
             "garment_map": False, "garment_tone": 0.0, "local_contrast": False,
-            "random_backdrop": 0.0, "bn_momentum": 0.99, "recolor": 0.0, "recolor_outside": 0.0,
-            "precise_bn": False, "balance_classes": False},
+            "random_backdrop": 0.0, "category_dropout": 0.25, "bn_momentum": 0.99,
+            "recolor": 0.0, "recolor_outside": 0.0, "precise_bn": False,
+            "balance_classes": False},
     "disentangled": {"input_size": 64, "epochs": 30, "lr_decay": "cosine", "augment": False,
                      "shape_jitter": True, "mirror_average": True, "cutout": 0.0,
                      "garment_map": False, "garment_tone": 0.0, "local_contrast": False,
-                     "random_backdrop": 0.5, "bn_momentum": 0.9, "recolor": 0.5, "recolor_outside": 0.0,
-                     "precise_bn": True, "balance_classes": True},
+                     "random_backdrop": 0.5, "category_dropout": 0.25, "bn_momentum": 0.9,
+                     "recolor": 0.5, "recolor_outside": 0.0, "precise_bn": True,
+                     "balance_classes": True},
 }
 LR_DECAYS = ("recipe", "cosine", "none")
 
@@ -197,6 +200,9 @@ SETTINGS: dict[str, Setting] = {
                                       "gets its plain backdrop replaced by a random texture "
                                       "(gradient, blotches, stripes, grain)", minimum=0.0,
                                maximum=1.0, metavar="P"),
+    "category_dropout": Setting(float, "dropout after each of the category branch's three "
+                                       "convolution blocks (the recipe's 0.25)", minimum=0.0,
+                                maximum=1.0, open_max=True, metavar="P"),
     "local_contrast": Setting(bool, "divide the category branch's grayscale input by its local "
                                     "contrast, so a faint outline (white on white) counts as "
                                     "much as a sharp one"),
@@ -284,6 +290,7 @@ class TrainConfig:
     garment_tone: float | None = None  # garment-only brightness of the grayscale branch's input
     local_contrast: bool | None = None  # local contrast normalisation of the grayscale branch
     random_backdrop: float | None = None  # random backdrop behind the grayscale branch's garment
+    category_dropout: float | None = None  # dropout after the grayscale branch's conv blocks
     recolor: float | None = None  # share of training images repainted in another colour
     recolor_outside: float | None = None  # ... in a colour outside the label set, label masked
     balance_classes: bool | None = None  # "balanced" class weights for single-label heads

@@ -69,8 +69,9 @@ TEMPLATE_SETTINGS = ("dataset", "architecture", "input_size", "epochs", "batch_s
                      "learning_rate", "lr_decay", "bn_momentum", "split", "val_fraction",
                      "test_fraction", "seed", "holdout", "augment", "shape_jitter",
                      "mirror_average", "cutout", "garment_map", "garment_tone",
-                     "random_backdrop", "local_contrast", "recolor", "recolor_outside", "balance_classes",
-                     "label_smoothing", "patience", "precise_bn", "multi_separator")
+                     "random_backdrop", "category_dropout", "local_contrast", "recolor",
+                     "recolor_outside", "balance_classes", "label_smoothing", "patience",
+                     "precise_bn", "multi_separator")
 
 
 def toml_value(value) -> str:

@@ -164,7 +164,8 @@ def model_for(config: TrainConfig, heads: Sequence[HeadSpec]) -> keras.Model:
                        cutout=config.cutout, garment_map=config.garment_map,
                        garment_tone=config.garment_tone,
                        local_contrast=config.local_contrast,
-                       random_backdrop=config.random_backdrop)
+                       random_backdrop=config.random_backdrop,
+                       category_dropout=config.category_dropout)
 
 
 def compile_model(model, heads: Sequence[HeadSpec], config: TrainConfig,

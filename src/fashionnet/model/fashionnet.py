@@ -44,9 +44,9 @@ def _conv(x, filters: int, prefix: str, momentum: float):
     return layers.BatchNormalization(axis=-1, momentum=momentum, name=f"{prefix}_bn")(x)
 
 
-def _pool(x, size: int, prefix: str):
+def _pool(x, size: int, prefix: str, dropout: float = 0.25):
     x = layers.MaxPooling2D(pool_size=size, name=f"{prefix}_pool")(x)
-    return layers.Dropout(0.25, name=f"{prefix}_drop")(x)
+    return layers.Dropout(dropout, name=f"{prefix}_drop")(x) if dropout > 0 else x
 
 
 def _features(x, prefix: str, pooling: str):
@@ -56,13 +56,14 @@ def _features(x, prefix: str, pooling: str):
     return layers.Flatten(name=f"{prefix}_flatten")(x)
 
 
-def deep_feature_map(x, prefix: str, momentum: float = 0.99):
-    """The recipe's category branch: CONV32 -> POOL3 -> 2xCONV64 -> POOL -> 2xCONV128 -> POOL."""
-    x = _pool(_conv(x, 32, f"{prefix}1", momentum), 3, f"{prefix}1")
+def deep_feature_map(x, prefix: str, momentum: float = 0.99, dropout: float = 0.25):
+    """The recipe's category branch: CONV32 -> POOL3 -> 2xCONV64 -> POOL -> 2xCONV128 -> POOL,
+    each pooling followed by ``dropout`` (the recipe's 0.25)."""
+    x = _pool(_conv(x, 32, f"{prefix}1", momentum), 3, f"{prefix}1", dropout)
     x = _conv(x, 64, f"{prefix}2a", momentum)
-    x = _pool(_conv(x, 64, f"{prefix}2b", momentum), 2, f"{prefix}2")
+    x = _pool(_conv(x, 64, f"{prefix}2b", momentum), 2, f"{prefix}2", dropout)
     x = _conv(x, 128, f"{prefix}3a", momentum)
-    return _pool(_conv(x, 128, f"{prefix}3b", momentum), 2, f"{prefix}3")
+    return _pool(_conv(x, 128, f"{prefix}3b", momentum), 2, f"{prefix}3", dropout)
 
 
 def shallow_feature_map(x, prefix: str, momentum: float = 0.99):
@@ -137,7 +138,8 @@ def build_model(heads: Sequence[HeadSpec], input_size: int = 96,
                 mirror_average: bool | None = None, cutout: float | None = None,
                 garment_map: bool | None = None, garment_tone: float | None = None,
                 local_contrast: bool | None = None,
-                random_backdrop: float | None = None) -> keras.Model:
+                random_backdrop: float | None = None,
+                category_dropout: float | None = None) -> keras.Model:
     """A Keras model with one output per head, named ``<head>_output``, in the heads' order.
 
     ``recipe`` flattens each trunk's feature map, as the recipe did; ``gap`` averages it over
@@ -166,6 +168,8 @@ def build_model(heads: Sequence[HeadSpec], input_size: int = 96,
     standardisation (`LocalContrastNormalization`; default: the architecture's).
     ``random_backdrop`` > 0 replaces the plain backdrop of that share of the grayscale branch's
     training inputs by a random texture (`RandomBackdrop`; default: the architecture's).
+    ``category_dropout`` is the dropout rate after each of the grayscale branch's three
+    convolution blocks (default: the architecture's; the recipe's 0.25).
     """
     if variant not in VARIANTS:
         raise ValueError(f"unknown architecture {variant!r}; choose from {VARIANTS}")
@@ -177,6 +181,8 @@ def build_model(heads: Sequence[HeadSpec], input_size: int = 96,
     garment_tone = defaults["garment_tone"] if garment_tone is None else garment_tone
     local_contrast = defaults["local_contrast"] if local_contrast is None else local_contrast
     random_backdrop = defaults["random_backdrop"] if random_backdrop is None else random_backdrop
+    if category_dropout is None:
+        category_dropout = defaults["category_dropout"]
     inputs = keras.Input(shape=(input_size, input_size, 3), name="image")
     garment_map = garment_map and garment_map_applies(heads, variant)
     shared_jitter = garment_map and shape_jitter
@@ -211,7 +217,8 @@ def build_model(heads: Sequence[HeadSpec], input_size: int = 96,
                     gray = LocalContrastNormalization(local_contrast_window(input_size),
                                                       name="gray_local_contrast")(gray)
                 gray = ImageStandardization(name="gray_standardize")(gray)
-            feature_map, units = deep_feature_map(gray, "gray", bn_momentum), 256
+            feature_map = deep_feature_map(gray, "gray", bn_momentum, category_dropout)
+            units = 256
         elif branch == "shared":
             feature_map, units = deep_feature_map(inputs, "shared", bn_momentum), 256
         else:
