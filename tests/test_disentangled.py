@@ -218,10 +218,14 @@ def test_category_dropout_sets_the_grayscale_blocks_dropout_and_zero_removes_it(
 
     recipe = build_model(HEADS, 32, variant="recipe")
     assert block_rates(recipe) == [0.25, 0.25, 0.25]  # the recipe, exactly
+    assert TrainConfig().category_dropout == 0.0
+    assert TrainConfig(architecture="recipe").category_dropout == 0.25
+    assert block_rates(build_model(HEADS, 32)) == []  # the default: none
     assert block_rates(model_for(TrainConfig(category_dropout=0.1, input_size=32), HEADS)) == [
         0.1, 0.1, 0.1]
     bare = build_model(HEADS, 32, category_dropout=0.0)
     assert block_rates(bare) == []
+    assert block_rates(build_model(HEADS, 32, category_dropout=0.25)) == [0.25, 0.25, 0.25]
     # only the grayscale branch: the recipe's colour branch keeps its dropout
     colour = build_model(HEADS, 32, variant="recipe", category_dropout=0.0)
     assert block_rates(colour) == [] and colour.get_layer("color1_drop").rate == 0.25
