@@ -56,9 +56,9 @@ else:  # pragma: no cover
 #: white, and photographed elsewhere (a floor, a street) shoes were called dress or jeans; with
 #: it, apparel's brown, green and white shoes are shoes 5-38 points more often (lever 25).
 #: The category branch's convolution blocks have no dropout (`category_dropout` 0; the recipe
-#: has 0.25 after each): with the augmentations above the branch fitted only ~90 % of its
-#: training inputs, and without the dropout seen combinations are right more often on fashion's
-#: folds at two seeds (lever 35).
+#: has 0.25 after each): with the augmentations above, the branch fitted only ~90 % of its
+#: augmented training inputs, and without the dropout seen combinations are right more often
+#: on fashion's folds at two seeds (lever 35).
 ARCHITECTURE_DEFAULTS: dict[str, dict[str, Any]] = {
     "recipe": {"input_size": 96, "epochs": 50, "lr_decay": "recipe", "augment": False,
                "shape_jitter": False, "mirror_average": False, "cutout": 0.0,
