@@ -36,6 +36,8 @@ from fashionnet.model.layers import (
 )
 
 VARIANTS = ("disentangled", "recipe", "gap")
+#: The recipe's dropout after each convolution block, in both of its branches.
+RECIPE_DROPOUT = 0.25
 
 
 def _conv(x, filters: int, prefix: str, momentum: float):
@@ -44,7 +46,7 @@ def _conv(x, filters: int, prefix: str, momentum: float):
     return layers.BatchNormalization(axis=-1, momentum=momentum, name=f"{prefix}_bn")(x)
 
 
-def _pool(x, size: int, prefix: str, dropout: float = 0.25):
+def _pool(x, size: int, prefix: str, dropout: float = RECIPE_DROPOUT):
     x = layers.MaxPooling2D(pool_size=size, name=f"{prefix}_pool")(x)
     return layers.Dropout(dropout, name=f"{prefix}_drop")(x) if dropout > 0 else x
 
@@ -56,9 +58,10 @@ def _features(x, prefix: str, pooling: str):
     return layers.Flatten(name=f"{prefix}_flatten")(x)
 
 
-def deep_feature_map(x, prefix: str, momentum: float = 0.99, dropout: float = 0.25):
+def deep_feature_map(x, prefix: str, momentum: float = 0.99,
+                     dropout: float = RECIPE_DROPOUT):
     """The recipe's category branch: CONV32 -> POOL3 -> 2xCONV64 -> POOL -> 2xCONV128 -> POOL,
-    each pooling followed by ``dropout`` (the recipe's 0.25)."""
+    each pooling followed by ``dropout``."""
     x = _pool(_conv(x, 32, f"{prefix}1", momentum), 3, f"{prefix}1", dropout)
     x = _conv(x, 64, f"{prefix}2a", momentum)
     x = _pool(_conv(x, 64, f"{prefix}2b", momentum), 2, f"{prefix}2", dropout)
