@@ -492,6 +492,75 @@ def test_garment_map_moves_the_jitter_to_the_input_both_branches_read(tmp_path, 
     assert _config_from_args(args).garment_map is True
 
 
+def test_category_map_mixes_one_map_per_category_by_the_prediction():
+    from fashionnet.model.layers import CategoryMap
+
+    maps = np.arange(2 * 2 * 2 * 3, dtype=np.float32).reshape(2, 2, 2, 3)
+    probabilities = np.array([[0.0, 1.0, 0.0], [0.5, 0.0, 0.5]], np.float32)
+    mixed = np.asarray(CategoryMap()([maps, probabilities]))
+    assert mixed.shape == (2, 2, 2, 1)
+    np.testing.assert_allclose(mixed[0, ..., 0], maps[0, ..., 1])  # a sure prediction: its map
+    np.testing.assert_allclose(mixed[1, ..., 0], (maps[1, ..., 0] + maps[1, ..., 2]) / 2)
+
+
+def test_category_garment_map_follows_the_category_head_and_never_trains_it():
+    """The colour head pools over the map of the category the category head names, and the
+    colour loss trains the map's score weights only: neither the grayscale trunk nor the
+    category head it reads (colour would become a category cue again)."""
+    import tensorflow as tf
+
+    model = build_model(HEADS, 32, category_garment_map=True)
+    assert model.output_names == ["color_output", "category_output"]  # the heads' order
+    score = model.get_layer("color_garment_score")
+    kernel, bias = score.get_weights()
+    assert kernel.shape[-1] == len(HEADS[1].classes)  # one map per category
+    score.set_weights([np.random.default_rng(0).normal(0, 0.2, kernel.shape), bias])
+    probe = keras.Model(model.inputs, [model.get_layer("color_category_map").output,
+                                       score.output, model.outputs[1]])
+    x = np.stack([_garment(), _garment(color=(20, 20, 200), box=(4, 28, 12, 20))])
+    picked, maps, category = (np.asarray(t) for t in probe(x.astype(np.float32) / 255))
+    np.testing.assert_allclose(picked[..., 0], np.einsum("bhwk,bk->bhw", maps, category),
+                               atol=1e-5)
+    assert not np.allclose(picked[..., 0], maps[..., 0]) and not np.allclose(picked[..., 0],
+                                                                             maps[..., 1])
+    with tf.GradientTape() as tape:
+        colour = model(x.astype(np.float32) / 255, training=True)[0]
+        loss = keras.ops.mean(keras.losses.categorical_crossentropy(np.eye(3)[[2, 1]], colour))
+    category_side = [w for layer in model.layers
+                     if layer.name.startswith(("gray", "category")) for w in layer.trainable_weights]
+    grads = tape.gradient(loss, category_side + score.trainable_weights)
+    assert category_side
+    assert all(g is None or not np.any(np.asarray(g)) for g in grads[:len(category_side)])
+    assert np.any(np.asarray(grads[len(category_side)]))
+
+
+def test_category_garment_map_setting(tmp_path, caplog):
+    from fashionnet.cli import _config_from_args, build_parser
+
+    assert TrainConfig().category_garment_map is False  # off by default
+    assert TrainConfig(category_garment_map=True).garment_map is True  # implied
+    with pytest.raises(FashionNetError, match="category_garment_map needs garment_map"):
+        TrainConfig(category_garment_map=True, garment_map=False)
+    args = build_parser().parse_args(["train", "--dataset", "d", "--output", "o",
+                                      "--category-garment-map"])
+    assert _config_from_args(args).category_garment_map is True
+    assert _config_from_args(args).garment_map is True
+    model = model_for(TrainConfig(category_garment_map=True, input_size=32), HEADS)
+    assert "color_category_map" in {layer.name for layer in model.layers}
+    model.save(tmp_path / "m.keras")
+    loaded = keras.saving.load_model(tmp_path / "m.keras", compile=False, safe_mode=True)
+    x = _garment()[None].astype(np.float32) / 255
+    for a, b in zip(model(x, training=False), loaded(x, training=False)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6)
+    # A multi-label category head names no one garment: the plain map, and `train` says so.
+    tags = [HEADS[0], HeadSpec("category", ["dress", "shirt"], kind="multi", branch="gray")]
+    with caplog.at_level("WARNING", logger="fashionnet"):
+        plain = model_for(TrainConfig(category_garment_map=True, input_size=32), tags)
+    assert "category_garment_map ignored" in caplog.text
+    names = {layer.name for layer in plain.layers}
+    assert "color_garment_score" in names and "color_category_map" not in names
+
+
 def test_disentangled_model_round_trips_in_safe_mode(tmp_path):
     model = build_model(HEADS, 32)
     path = tmp_path / "m.keras"

@@ -105,13 +105,15 @@ def test_random_backdrop_model_exports_with_parity(tiny_dataset, tmp_path, rng):
     _export_and_compare(path, rng)
 
 
-def test_garment_map_model_exports_with_parity(tiny_dataset, tmp_path, rng):
+@pytest.mark.parametrize("by_category", [False, True], ids=["one_map", "category_map"])
+def test_garment_map_model_exports_with_parity(tiny_dataset, tmp_path, rng, by_category):
     """The colour head reading the category branch's map (a stopped gradient, a row slice past
-    the mirror views, a bilinear resize) exports to ONNX and gives Keras's numbers."""
+    the mirror views, a bilinear resize; with ``by_category`` one map per category mixed by the
+    category head's output) exports to ONNX and gives Keras's numbers."""
     from fashionnet import TrainConfig, train
 
     config = TrainConfig(dataset=str(tiny_dataset), epochs=1, input_size=32, batch_size=16,
-                         garment_map=True, cache=False)
+                         garment_map=True, category_garment_map=by_category, cache=False)
     path = tmp_path / "run"
     train(config, path, verbose=0)
     import keras

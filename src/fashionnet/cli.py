@@ -68,8 +68,9 @@ def _config_from_args(args) -> TrainConfig:
 #: their text, choices and ranges declared once in `fashionnet.config.SETTINGS`.
 _TRAIN_SETTINGS = ("dataset", "multi", "separator", "architecture", "input_size", "epochs",
                    "batch_size", "learning_rate", "lr_decay", "bn_momentum", "augment",
-                   "shape_jitter", "mirror_average", "cutout", "garment_map", "garment_tone",
-                   "random_backdrop", "category_dropout", "local_contrast", "recolor",
+                   "shape_jitter", "mirror_average", "cutout", "garment_map",
+                   "category_garment_map", "garment_tone", "random_backdrop",
+                   "category_dropout", "local_contrast", "recolor",
                    "recolor_outside", "balance_classes", "label_smoothing", "split",
                    "val_fraction", "test_fraction", "holdout", "seed", "patience", "dedupe",
                    "precise_bn", "calibrate", "strict", "cache", "allow_outside")

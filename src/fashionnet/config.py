@@ -62,19 +62,22 @@ else:  # pragma: no cover
 ARCHITECTURE_DEFAULTS: dict[str, dict[str, Any]] = {
     "recipe": {"input_size": 96, "epochs": 50, "lr_decay": "recipe", "augment": False,
                "shape_jitter": False, "mirror_average": False, "cutout": 0.0,
-               "garment_map": False, "garment_tone": 0.0, "local_contrast": False,
+               "garment_map": False, "category_garment_map": False,
+               "garment_tone": 0.0, "local_contrast": False,
                "random_backdrop": 0.0, "category_dropout": 0.25, "bn_momentum": 0.99,
                "recolor": 0.0, "recolor_outside": 0.0, "precise_bn": False,
                "balance_classes": False},
     "gap": {"input_size": 96, "epochs": 50, "lr_decay": "recipe", "augment": False,
             "shape_jitter": False, "mirror_average": False, "cutout": 0.0,
-            "garment_map": False, "garment_tone": 0.0, "local_contrast": False,
+            "garment_map": False, "category_garment_map": False, "garment_tone": 0.0,
+            "local_contrast": False,
             "random_backdrop": 0.0, "category_dropout": 0.25, "bn_momentum": 0.99,
             "recolor": 0.0, "recolor_outside": 0.0, "precise_bn": False,
             "balance_classes": False},
     "disentangled": {"input_size": 64, "epochs": 30, "lr_decay": "cosine", "augment": False,
                      "shape_jitter": True, "mirror_average": True, "cutout": 0.0,
-                     "garment_map": False, "garment_tone": 0.0, "local_contrast": False,
+                     "garment_map": False, "category_garment_map": False,
+                     "garment_tone": 0.0, "local_contrast": False,
                      "random_backdrop": 0.5, "category_dropout": 0.0, "bn_momentum": 0.9,
                      "recolor": 0.5, "recolor_outside": 0.0, "precise_bn": True,
                      "balance_classes": True},
@@ -214,6 +217,10 @@ SETTINGS: dict[str, Setting] = {
                                     "over the image and its mirror image (inside the model)"),
     "garment_map": Setting(bool, "colour heads weight their pooling by the category branch's "
                                  "feature map (where the garment is; read only)"),
+    "category_garment_map": Setting(bool, "the garment map holds one map per category, mixed by "
+                                          "the category head's prediction: colour is read off "
+                                          "the garment the label is about (outfit photos); "
+                                          "implies garment_map"),
     "recolor": Setting(float, "share of training images repainted in another colour, label "
                               "moved with it", minimum=0.0, maximum=1.0, metavar="P"),
     "recolor_outside": Setting(float, "share of training images repainted in a colour outside "
@@ -291,6 +298,7 @@ class TrainConfig:
     mirror_average: bool | None = None  # predict from the image and its mirror, averaged
     cutout: float | None = None  # random erasing of the grayscale branch's input
     garment_map: bool | None = None  # colour pooling weighted by the grayscale feature map
+    category_garment_map: bool | None = None  # ... one map per category, mixed by its prediction
     garment_tone: float | None = None  # garment-only brightness of the grayscale branch's input
     local_contrast: bool | None = None  # local contrast normalisation of the grayscale branch
     random_backdrop: float | None = None  # random backdrop behind the grayscale branch's garment
@@ -325,6 +333,12 @@ class TrainConfig:
             problem = setting.check(name, getattr(self, name))
             if problem:
                 raise FashionNetError(problem)
+        if self.category_garment_map and not self.garment_map:
+            if not self.follows_architecture("garment_map"):
+                raise FashionNetError("category_garment_map needs garment_map; turn it on or "
+                                      "leave it unset")
+            # Implied, so still the architecture's: a new architecture re-derives it.
+            self.garment_map = True
         if self.split == "standard" and self.val_fraction + self.test_fraction >= 1.0:
             raise FashionNetError(f"val_fraction + test_fraction must be below 1 (no training "
                                   f"images left), not {self.val_fraction} + {self.test_fraction}")

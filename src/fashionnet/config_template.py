@@ -68,9 +68,9 @@ def render_config(dataset: str | Path, heads: str | None = None, multi: str | No
 TEMPLATE_SETTINGS = ("dataset", "architecture", "input_size", "epochs", "batch_size",
                      "learning_rate", "lr_decay", "bn_momentum", "split", "val_fraction",
                      "test_fraction", "seed", "holdout", "augment", "shape_jitter",
-                     "mirror_average", "cutout", "garment_map", "garment_tone",
-                     "random_backdrop", "category_dropout", "local_contrast", "recolor",
-                     "recolor_outside", "balance_classes", "label_smoothing", "patience",
+                     "mirror_average", "cutout", "garment_map", "category_garment_map",
+                     "garment_tone", "random_backdrop", "category_dropout", "local_contrast",
+                     "recolor", "recolor_outside", "balance_classes", "label_smoothing", "patience",
                      "precise_bn", "multi_separator")
 
 

@@ -35,7 +35,12 @@ from fashionnet.metrics import (
     expected_calibration_error,
     fit_temperature,
 )
-from fashionnet.model.fashionnet import build_model, garment_map_applies, predict_probabilities
+from fashionnet.model.fashionnet import (
+    build_model,
+    category_head_for_map,
+    garment_map_applies,
+    predict_probabilities,
+)
 from fashionnet.model.layers import HeadAccuracy, HeadLoss
 from fashionnet.plots import plot_history
 
@@ -156,6 +161,10 @@ def model_for(config: TrainConfig, heads: Sequence[HeadSpec]) -> keras.Model:
     if config.garment_map and not garment_map_applies(heads, config.architecture):
         log.warning("garment_map ignored: it needs the disentangled architecture with a colour "
                     "head and a head on the grayscale branch")
+    if (config.category_garment_map and garment_map_applies(heads, config.architecture)
+            and category_head_for_map(heads) is None):
+        log.warning("category_garment_map ignored: no single-label head on the grayscale branch "
+                    "to pick the garment; the plain garment map is used")
     if config.local_contrast and config.architecture != "disentangled":
         log.warning("local_contrast ignored: it normalises the disentangled architecture's "
                     "grayscale branch, which %s does not have", config.architecture)
@@ -165,7 +174,8 @@ def model_for(config: TrainConfig, heads: Sequence[HeadSpec]) -> keras.Model:
                        garment_tone=config.garment_tone,
                        local_contrast=config.local_contrast,
                        random_backdrop=config.random_backdrop,
-                       category_dropout=config.category_dropout)
+                       category_dropout=config.category_dropout,
+                       category_garment_map=config.category_garment_map)
 
 
 def compile_model(model, heads: Sequence[HeadSpec], config: TrainConfig,

@@ -20,6 +20,7 @@ from fashionnet.config import ARCHITECTURE_DEFAULTS
 from fashionnet.heads import HeadSpec
 from fashionnet.model.layers import (
     BackgroundDistance,
+    CategoryMap,
     GarmentLocation,
     GarmentWeightedPooling,
     Grayscale,
@@ -77,7 +78,7 @@ def shallow_feature_map(x, prefix: str, momentum: float = 0.99):
 
 
 def pixel_color_head(inputs, head: HeadSpec, hidden: int = 48, downsample: int = 2,
-                     garment_features=None):
+                     garment_features=None, category_probabilities=None):
     """A colour head that cannot see shape or texture: every convolution acts on one pixel.
 
     The image is first averaged over ``downsample`` x ``downsample`` blocks; two 1x1
@@ -93,6 +94,9 @@ def pixel_color_head(inputs, head: HeadSpec, hidden: int = 48, downsample: int =
     ``garment_features``, the category branch's feature map (`deep_feature_map`), add a learned
     where-is-the-garment score to the pooling weights (`GarmentLocation`): it moves which blocks
     are averaged, never what colour a block is, so denim still cannot mean blue.
+    ``category_probabilities``, a category head's output, make that score one map per category,
+    mixed by the predicted category (`CategoryMap`): in an outfit photo the head pools over the
+    garment the label is about, not over every garment.
     """
     if downsample > 1:
         inputs = layers.AveragePooling2D(downsample, name=f"{head.name}_downsample")(inputs)
@@ -105,8 +109,12 @@ def pixel_color_head(inputs, head: HeadSpec, hidden: int = 48, downsample: int =
     if garment_features is not None:
         where = GarmentLocation(name=f"{head.name}_garment_location")([garment_features, inputs])
         # Zero at the start: the head begins as the map-free one and learns how much to trust it.
-        where = layers.Conv2D(1, 1, kernel_initializer="zeros",
+        maps = 1 if category_probabilities is None else int(category_probabilities.shape[-1])
+        where = layers.Conv2D(maps, 1, kernel_initializer="zeros",
                               name=f"{head.name}_garment_score")(where)
+        if category_probabilities is not None:
+            where = CategoryMap(name=f"{head.name}_category_map")([where,
+                                                                    category_probabilities])
         attention = layers.Add(name=f"{head.name}_attention")([attention, where])
     pooled = GarmentWeightedPooling(name=f"{head.name}_pooling")([x, attention, distance])
     x = layers.Dense(hidden, activation="relu", name=f"{head.name}_fc")(pooled)
@@ -135,6 +143,12 @@ def garment_map_applies(heads: Sequence[HeadSpec], variant: str) -> bool:
     return variant == "disentangled" and {"gray", "color"} <= {head.branch for head in heads}
 
 
+def category_head_for_map(heads: Sequence[HeadSpec]) -> HeadSpec | None:
+    """The head whose prediction picks the garment map (`category_garment_map`): the first
+    single-label head on the grayscale branch, or None."""
+    return next((h for h in heads if h.branch == "gray" and not h.multi), None)
+
+
 def build_model(heads: Sequence[HeadSpec], input_size: int = 96,
                 variant: str = "disentangled", bn_momentum: float = 0.99,
                 shape_jitter: bool | None = None,
@@ -142,7 +156,8 @@ def build_model(heads: Sequence[HeadSpec], input_size: int = 96,
                 garment_map: bool | None = None, garment_tone: float | None = None,
                 local_contrast: bool | None = None,
                 random_backdrop: float | None = None,
-                category_dropout: float | None = None) -> keras.Model:
+                category_dropout: float | None = None,
+                category_garment_map: bool | None = None) -> keras.Model:
     """A Keras model with one output per head, named ``<head>_output``, in the heads' order.
 
     ``recipe`` flattens each trunk's feature map, as the recipe did; ``gap`` averages it over
@@ -173,6 +188,9 @@ def build_model(heads: Sequence[HeadSpec], input_size: int = 96,
     training inputs by a random texture (`RandomBackdrop`; default: the architecture's).
     ``category_dropout`` is the dropout rate after each of the grayscale branch's three
     convolution blocks (default: the architecture's; the recipe's 0.25).
+    ``category_garment_map`` makes the garment map one map per category, mixed by the
+    prediction of `category_head_for_map` (implies ``garment_map``; default: the
+    architecture's).
     """
     if variant not in VARIANTS:
         raise ValueError(f"unknown architecture {variant!r}; choose from {VARIANTS}")
@@ -186,6 +204,9 @@ def build_model(heads: Sequence[HeadSpec], input_size: int = 96,
     random_backdrop = defaults["random_backdrop"] if random_backdrop is None else random_backdrop
     if category_dropout is None:
         category_dropout = defaults["category_dropout"]
+    if category_garment_map is None:
+        category_garment_map = defaults["category_garment_map"]
+    garment_map = garment_map or category_garment_map
     inputs = keras.Input(shape=(input_size, input_size, 3), name="image")
     garment_map = garment_map and garment_map_applies(heads, variant)
     shared_jitter = garment_map and shape_jitter
@@ -229,16 +250,20 @@ def build_model(heads: Sequence[HeadSpec], input_size: int = 96,
         trunks[branch] = (feature_map, _features(feature_map, branch, pooling), units)
         return trunks[branch]
 
-    outputs = []
-    for head in heads:
+    picker = category_head_for_map(heads) if garment_map and category_garment_map else None
+    outputs = {}
+    # Colour heads last: a category-conditioned map reads the category head's output.
+    for head in sorted(heads, key=lambda h: variant == "disentangled" and h.branch == "color"):
         if variant == "disentangled" and head.branch == "color":
             where = trunk("gray")[0] if garment_map else None
-            outputs.append(pixel_color_head(image, head, garment_features=where))
+            probabilities = outputs[picker.name] if picker is not None else None
+            outputs[head.name] = pixel_color_head(image, head, garment_features=where,
+                                                  category_probabilities=probabilities)
             continue
         _, features, units = trunk(head.branch)
         mirrored = mirror_average and head.branch == "gray"
-        outputs.append(_head(features, head, units, bn_momentum, mirrored))
-    return keras.Model(inputs, outputs, name="fashionnet")
+        outputs[head.name] = _head(features, head, units, bn_momentum, mirrored)
+    return keras.Model(inputs, [outputs[h.name] for h in heads], name="fashionnet")
 
 
 def predict_probabilities(model: keras.Model, images, scale: float = 1.0 / 255.0,

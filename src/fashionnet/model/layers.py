@@ -517,6 +517,26 @@ class GarmentLocation(keras.layers.Layer):
 
 
 @keras.saving.register_keras_serializable(PACKAGE)
+class CategoryMap(keras.layers.Layer):
+    """Inputs ``[maps (B, H, W, K), category probabilities (B, K)]``: one garment map per
+    category, mixed by the category head's prediction into one (B, H, W, 1) map.
+
+    In an outfit photo (shorts under a white top) "where is the garment" has several answers;
+    the label is about the garment the category head names, so the colour head pools over that
+    one. The probabilities are read only: the colour loss must never train the category head
+    (it would learn colour as a category cue again).
+    """
+
+    def call(self, inputs):
+        maps, probabilities = inputs
+        weights = ops.stop_gradient(probabilities)[:, None, None, :]
+        return ops.sum(maps * ops.cast(weights, maps.dtype), axis=-1, keepdims=True)
+
+    def compute_output_shape(self, input_shape):
+        return (*input_shape[0][:-1], 1)
+
+
+@keras.saving.register_keras_serializable(PACKAGE)
 class GarmentWeightedPooling(keras.layers.Layer):
     """Pool per-pixel features into one vector, weighted toward the garment.
 
