@@ -11,6 +11,8 @@ import math
 import keras
 from keras import ops
 
+from fashionnet.data.recolor import GARMENT_FRACTION
+
 PACKAGE = "fashionnet"
 EPSILON = 1e-7
 
@@ -172,8 +174,9 @@ class RandomPhotometric(keras.layers.Layer):
 
 #: A pixel this far (gray level, 0-1) from the backdrop's is fully garment.
 GARMENT_DISTANCE = (0.05, 0.15)
-#: Images whose garment covers less or more of the frame have no clear backdrop.
-GARMENT_AREA = (0.03, 0.95)
+#: Images whose garment covers less or more of the frame have no clear backdrop: the same bounds
+#: as recolouring's, so both leave the same close-ups and blank frames alone.
+GARMENT_AREA = GARMENT_FRACTION
 
 
 def garment_distance_and_mask(images):
