@@ -534,6 +534,22 @@ def test_category_garment_map_follows_the_category_head_and_never_trains_it():
     assert np.any(np.asarray(grads[len(category_side)]))
 
 
+def test_heads_are_built_in_their_order_unless_a_category_map_needs_otherwise():
+    """Built (so initialised) in the heads' order: the colour head first takes the same first
+    random draws with or without a category head after it, so a seed reproduces the models
+    earlier releases trained. Only the category-conditioned map builds the colour head last."""
+    def pixel_kernel(heads, **kwargs):
+        keras.utils.set_random_seed(3)
+        return build_model(heads, 32, **kwargs).get_layer("color_pixel1").get_weights()[0]
+
+    more = [*HEADS, HeadSpec("fabric", ["cotton", "denim"], branch="gray")]
+    np.testing.assert_array_equal(pixel_kernel(HEADS), pixel_kernel(HEADS[:1]))
+    np.testing.assert_array_equal(pixel_kernel(HEADS, garment_map=True),
+                                  pixel_kernel(more, garment_map=True))
+    assert not np.array_equal(pixel_kernel(HEADS, category_garment_map=True),
+                              pixel_kernel(more, category_garment_map=True))  # built after them
+
+
 def test_category_garment_map_setting(tmp_path, caplog):
     from fashionnet.cli import _config_from_args, build_parser
 

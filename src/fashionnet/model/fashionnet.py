@@ -252,8 +252,10 @@ def build_model(heads: Sequence[HeadSpec], input_size: int = 96,
 
     picker = category_head_for_map(heads) if garment_map and category_garment_map else None
     outputs = {}
-    # Colour heads last: a category-conditioned map reads the category head's output.
-    for head in sorted(heads, key=lambda h: variant == "disentangled" and h.branch == "color"):
+    # A category-conditioned map reads the category head's output: colour heads last. Only then,
+    # so that every other model is built, and initialised, in the same order as before.
+    order = sorted(heads, key=lambda h: h.branch == "color") if picker is not None else heads
+    for head in order:
         if variant == "disentangled" and head.branch == "color":
             where = trunk("gray")[0] if garment_map else None
             probabilities = outputs[picker.name] if picker is not None else None
