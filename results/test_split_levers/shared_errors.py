@@ -2,7 +2,8 @@
 
 Every model named here must have been trained at the same seed (the same 505 test images).
 Prints each model's test accuracy, every ensemble's (probabilities averaged), how many errors
-each pair of models shares, and the images each model gets wrong:
+each pair of models shares, and the images each model gets wrong (``head_errors``, per head, was
+added after ``shared_errors.json`` was written):
 
     python results/test_split_levers/shared_errors.py ../shared/datasets/fashion runs/val0 \
         default=src/fashionnet/default_model cgm=runs/cgm_test val0=runs/val0 \
@@ -34,20 +35,23 @@ def main(dataset: str, split_run: str, members: list[str]) -> dict:
         probs[name] = dict(zip((h.name for h in predictor.heads),
                                predictor.predict_probabilities(batch)))
         classes = {h.name: np.array(h.classes) for h in predictor.heads}
-    report: dict = {"members": runs, "test_images": len(test), "ensembles": {}, "errors": {}}
+    report: dict = {"members": runs, "test_images": len(test), "ensembles": {}, "errors": {},
+                    "head_errors": {}}
     for k in range(1, len(runs) + 1):
         for combo in itertools.combinations(runs, k):
             right = np.ones(len(test), bool)
-            row = {}
+            row, wrong = {}, {}
             for head, names in classes.items():
                 mean = np.mean([probs[m][head] for m in combo], axis=0)
                 ok = names[mean.argmax(1)] == np.array([t[head] for t in truth])
                 row[head] = float(ok.mean())
+                wrong[head] = [test[i] for i in np.flatnonzero(~ok)]
                 right &= ok
             row["exact_match"] = float(right.mean())
             report["ensembles"]["+".join(combo)] = row
             if k == 1:
                 report["errors"][combo[0]] = [test[i] for i in np.flatnonzero(~right)]
+                report["head_errors"][combo[0]] = wrong
             print(f"{'+'.join(combo):24s} " + "  ".join(
                 f"{h} {100 * v:.2f} %" for h, v in row.items()), file=sys.stderr)
     report["shared"] = {f"{a}&{b}": len(set(report["errors"][a]) & set(report["errors"][b]))
