@@ -268,3 +268,86 @@ def test_the_port_names_jeans_and_shoes_on_real_photos():
         top5 = np.argsort(model.predict(images, verbose=0), axis=1)[:, -5:]
         for file, top in zip(files, top5):
             assert classes & set(top.tolist()), f"{file}: top 5 {top.tolist()}"
+
+
+# ---------------------------------------------------------------- the feature cache
+
+
+def _counting_backbone(size: int = 16):
+    from fashionnet.model.feature_cache import Backbone
+
+    calls = []
+
+    def model(x: np.ndarray) -> np.ndarray:
+        calls.append(len(x))
+        half = x.shape[2] // 2
+        return np.stack([x.mean((1, 2, 3)), x.std((1, 2, 3)), x[:, :, :half].mean((1, 2, 3)),
+                         x[:, :, half:].mean((1, 2, 3))], axis=1)
+
+    return Backbone("toy", "ab" * 32, size, 4, model), calls
+
+
+def _photos(folder, count=3):
+    from PIL import Image
+
+    from tests.conftest import solid
+
+    paths = []
+    for i in range(count):
+        image = np.zeros((20, 20, 3), np.uint8)
+        image[:, : 5 + 4 * i] = (200, 40 * i, 10)  # the left part bright: mirror views differ
+        path = folder / f"p{i}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(image).save(path)
+        paths.append(path)
+    paths.append(solid(folder / "flat.jpg", (90, 90, 90)))
+    return paths
+
+
+def test_features_are_cached_by_content_and_recomputed_when_bytes_change(tmp_path):
+    from fashionnet.data.images import cache_dir
+    from fashionnet.model.feature_cache import extract_features
+
+    paths = _photos(tmp_path / "img")
+    backbone, calls = _counting_backbone()
+    first = extract_features(paths, backbone, ("plain", "mirror"), progress=False)
+    assert first.computed == 4 and sum(calls) == 8 and first.views["plain"].shape == (4, 4)
+    plain, mirror = first.views["plain"], first.views["mirror"]
+    np.testing.assert_allclose(plain[:, 2], mirror[:, 3], rtol=1e-5)  # mirror swaps the halves
+    again = extract_features(paths, backbone, ("plain", "mirror"), progress=False)
+    assert again.computed == 0 and sum(calls) == 8
+    np.testing.assert_array_equal(again.views["plain"], plain)
+    stored = sorted((cache_dir() / "features").rglob("*.npy"))  # conftest: a private cache
+    assert len(stored) == 8 and {p.parent.parent.name for p in stored} == {
+        backbone.folder("plain"), backbone.folder("mirror")}
+    assert np.load(stored[0], allow_pickle=False).shape == (4,)
+    # same name, new bytes: only that file is run again, and its features change
+    from PIL import Image
+    Image.new("RGB", (20, 20), (10, 200, 10)).save(paths[1])
+    changed = extract_features(paths, backbone, ("plain", "mirror"), progress=False)
+    assert changed.computed == 1
+    assert not np.allclose(changed.views["plain"][1], plain[1])
+    np.testing.assert_array_equal(changed.views["plain"][[0, 2, 3]], plain[[0, 2, 3]])
+    # another input size is another cache
+    other, _ = _counting_backbone(size=24)
+    assert extract_features(paths, other, progress=False).computed == 4
+
+
+def test_a_damaged_cache_entry_is_recomputed_and_a_bad_image_skipped(tmp_path):
+    from fashionnet.model.feature_cache import extract_features
+
+    paths = _photos(tmp_path / "img", count=1)
+    (tmp_path / "img" / "bad.jpg").write_bytes(b"not an image")
+    paths.append(tmp_path / "img" / "bad.jpg")
+    root = tmp_path / "features"
+    backbone, _ = _counting_backbone()
+    first = extract_features(paths, backbone, root=root, progress=False)
+    assert first.kept.tolist() == [0, 1] and len(first.failures) == 1
+    assert first.failures[0].startswith(str(paths[-1])) and "not an image" in first.failures[0]
+    for entry in root.rglob("*.npy"):
+        entry.write_bytes(b"garbage")
+    again = extract_features(paths, backbone, root=root, progress=False)
+    assert again.computed == 2
+    np.testing.assert_array_equal(again.views["plain"], first.views["plain"])
+    with pytest.raises(ValueError, match="unknown view"):
+        extract_features(paths, backbone, ("sideways",), root=root, progress=False)
