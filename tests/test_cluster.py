@@ -173,14 +173,24 @@ def _kill_second_worker_once(marker: str):
 
 
 @pytest.mark.slow
-def test_a_killed_worker_resumes_from_the_last_checkpoint(ray_local, tiny_dataset, tmp_path):
+def test_a_killed_worker_resumes_from_the_last_checkpoint(ray_local, tiny_dataset, tmp_path,
+                                                          monkeypatch):
     from fashionnet import TrainConfig
     from fashionnet.cluster import train_on_ray
 
     marker = tmp_path / "killed"
     config = TrainConfig(dataset=str(tiny_dataset), epochs=3, input_size=32, batch_size=16)
+    # A user's own --storage folder, given relative: used as it is, and only this run's
+    # sub-folder removed after success (it used to be deleted whole, the user's files too).
+    shared = tmp_path / "shared-mount"
+    shared.mkdir()
+    (shared / "notes.txt").write_text("the user's own file")
+    monkeypatch.chdir(tmp_path)
     result = train_on_ray(config, tmp_path / "run", workers=2, max_failures=2, verbose=False,
+                          storage="shared-mount",
                           epoch_hook=_kill_second_worker_once(str(marker)))
+    assert (shared / "notes.txt").read_text() == "the user's own file"
+    assert not (shared / "fashionnet-run").exists()
     assert marker.is_file()  # the worker did die
     resumed = result.cluster["resumed_from_epoch"]
     assert resumed in (1, 2)  # from a checkpoint, not from scratch

@@ -25,13 +25,17 @@ from typing import Any
 
 from fashionnet.data.images import Preprocessing
 from fashionnet.errors import FashionNetError
+from fashionnet.files import MAX_JSON_BYTES, read_json_file, read_small_bytes
 from fashionnet.heads import HeadSpec
+from fashionnet.outputs import check_replaceable, claim_output
 
 FORMAT_VERSION = 1
 LABELS_FILE = "labels.json"
 KERAS_FILE = "model.keras"
 ONNX_FILE = "model.onnx"
 SPLIT_FILE = "split.json"
+#: labels.json lists head and class names: a megabyte is thousands of classes.
+MAX_LABELS_BYTES = 4 * 2**20
 
 
 @dataclasses.dataclass
@@ -80,13 +84,9 @@ def load_bundle(path: str | Path) -> Bundle:
         recover(path)
     if not path.is_dir():
         raise FashionNetError(f"{path}: model bundle folder not found")
-    if not labels_path.is_file():
+    if not labels_path.exists() and not labels_path.is_symlink():
         raise FashionNetError(f"{labels_path}: missing; is {path} a fashionnet model bundle?")
-    try:
-        doc = json.loads(labels_path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise FashionNetError(f"{labels_path}: not a valid labels file "
-                              f"({' '.join(str(exc).split())})") from None
+    doc = read_json_file(labels_path, "labels file", limit=MAX_LABELS_BYTES)
     bad = _Invalid(labels_path)
     if not isinstance(doc, dict):
         raise bad("", f"must be a JSON object, not {_kind(doc)}")
@@ -106,13 +106,22 @@ def load_bundle(path: str | Path) -> Bundle:
     if outputs is not None and outputs != [h.output_name for h in heads]:
         raise bad("outputs", f"{outputs!r} does not match the heads "
                              f"{[h.output_name for h in heads]!r}")
-    metrics = {}
-    with contextlib.suppress(OSError, UnicodeDecodeError, json.JSONDecodeError):
-        metrics = json.loads((path / "metrics.json").read_text())
-    if not isinstance(metrics, dict):
-        metrics = {}
+    metrics = _read_metrics(path / "metrics.json")
     return Bundle(path, heads, preprocessing, list(combos), temperatures, metrics,
                   str(doc.get("version", "")))
+
+
+def _read_metrics(file: Path) -> dict:
+    """metrics.json, or {} when it is absent or not a JSON object (it only informs). A FIFO,
+    a device or an oversized file is refused: reading one would hang or exhaust memory."""
+    if not file.exists() and not file.is_symlink():
+        return {}
+    data = read_small_bytes(file, MAX_JSON_BYTES, "metrics file")
+    try:
+        metrics = json.loads(data.decode("utf-8-sig"))
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        return {}
+    return metrics if isinstance(metrics, dict) else {}
 
 
 class _Invalid:
@@ -215,8 +224,9 @@ def read_split(run: str | Path) -> dict | None:
     """A run's ``split.json`` ({"paths": ..., "train": [keys], "val": ..., "test": ...}), or
     None when it is missing, unreadable or not a JSON object: callers decide how bad that is."""
     try:
-        document = json.loads((Path(run) / SPLIT_FILE).read_text())
-    except (OSError, ValueError):
+        document = json.loads(read_small_bytes(Path(run) / SPLIT_FILE, MAX_JSON_BYTES,
+                                               "split file").decode("utf-8-sig"))
+    except (FashionNetError, ValueError, RecursionError):
         return None
     return document if isinstance(document, dict) else None
 
@@ -236,25 +246,36 @@ def _jsonable(value: Any) -> Any:
 
 
 @contextlib.contextmanager
-def atomic_directory(target: str | Path, overwrite: bool = False) -> Iterator[Path]:
+def atomic_directory(target: str | Path, overwrite: bool = False,
+                     command: str = "fashionnet") -> Iterator[Path]:
     """Yield a temporary sibling folder; on success it replaces ``target``.
 
     A crash leaves ``target`` as it was, or (killed between the two renames of an overwrite)
     set aside as ``.NAME.old-PID``, which the next run (or `load_bundle`) puts back. An
-    existing ``target`` is refused unless ``overwrite``. Leftovers of dead runs (temporary
-    folders, aside copies) are cleaned first.
+    existing ``target`` is refused unless ``overwrite``, and even then unless fashionnet wrote
+    it (`fashionnet.outputs`): the new folder carries the marker that says so. Leftovers of dead
+    runs (temporary folders, aside copies) are cleaned first.
     """
     target = Path(target)
     recover(target)
-    if target.exists() and not overwrite:
+    if (target.exists() or target.is_symlink()) and not overwrite:
         raise FashionNetError(f"{target}: already exists; choose another --output or "
                               f"pass --overwrite")
-    target.parent.mkdir(parents=True, exist_ok=True)
+    check_replaceable(target)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise FashionNetError(f"{target}: cannot create its folder "
+                              f"({exc.strerror or exc}: {exc.filename or target.parent})") from None
     tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
+    try:
+        tmp.mkdir()
+    except OSError as exc:
+        raise FashionNetError(f"{target}: cannot write there ({exc.strerror or exc})") from None
     try:
         yield tmp
+        claim_output(tmp, command)
         _fsync_tree(tmp)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import math
@@ -57,9 +58,11 @@ def _config_from_args(args) -> TrainConfig:
             raise FashionNetError(f"--loss-weight {item!r}: expected HEAD=WEIGHT with a head "
                                   f"among {[h.name for h in heads]}")
         try:
-            match[0].loss_weight = float(weight)
+            value = float(weight)
         except ValueError:
             raise FashionNetError(f"--loss-weight {item!r}: {weight!r} is not a number") from None
+        # replace, not assignment: HeadSpec validates (finite, not negative) when it is built
+        heads[heads.index(match[0])] = dataclasses.replace(match[0], loss_weight=value)
     overrides["heads"] = heads
     return config.with_overrides(**overrides)
 
@@ -172,7 +175,6 @@ def _model_or_default(model: Path | None) -> Path:
 
 
 def cmd_classify(args) -> int:
-    import dataclasses
     import time
 
     from fashionnet.inference import expand_inputs, load
@@ -186,6 +188,13 @@ def cmd_classify(args) -> int:
     if args.threshold is not None and not 0.0 <= args.threshold <= 1.0:
         raise FashionNetError(f"--threshold must be from 0 to 1, not {args.threshold}")
     paths = expand_inputs(args.inputs)
+    if args.annotate:  # never over a photo, never into a folder of the user's
+        from fashionnet.outputs import check_destination, claim_output
+
+        check_destination(args.annotate, [("photo", p) for p in [*args.inputs, *paths]],
+                          overwrite=True, flag="--annotate")
+        args.annotate.mkdir(parents=True, exist_ok=True)
+        claim_output(args.annotate, "classify --annotate")
     started = time.perf_counter()
     predictor = load(_model_or_default(args.model), backend=args.backend)
     predictor.batch_size = args.batch_size
@@ -315,6 +324,9 @@ def cmd_evaluate(args) -> int:
     if (out / "report.json").exists() and not args.overwrite:
         raise FashionNetError(f"{out}: already holds a report; choose another --output or pass "
                               f"--overwrite")
+    from fashionnet.outputs import check_output, dataset_inputs
+
+    check_output(out, [*dataset_inputs(args.dataset), ("model", args.model)])
     report = evaluate(args.model, args.dataset, output=out, subset=args.subset,
                       backend=args.backend, allow_outside=args.allow_outside)
     print(summary_table(report))
@@ -366,15 +378,23 @@ def cmd_serve(args) -> int:
     from fashionnet.server.app import serve
 
     for name in ("max_bytes", "max_request_bytes", "max_buffered_bytes", "max_pixels",
-                 "max_batch", "request_timeout", "read_timeout"):
-        if getattr(args, name) <= 0:
-            raise FashionNetError(f"--{name.replace('_', '-')} must be positive")
+                 "max_batch", "request_timeout", "read_timeout", "upload_timeout"):
+        value = getattr(args, name)
+        if not math.isfinite(value) or value <= 0:  # NaN passes every comparison
+            raise FashionNetError(f"--{name.replace('_', '-')} must be a finite positive "
+                                  f"number, not {value}")
+    for name in ("workers", "queue"):
+        if getattr(args, name) < 0:
+            raise FashionNetError(f"--{name} must be 0 (automatic) or more, not "
+                                  f"{getattr(args, name)}")
+    if not 0 <= args.port <= 65535:
+        raise FashionNetError(f"--port must be from 0 to 65535, not {args.port}")
     serve(_model_or_default(args.model), host=args.host, port=args.port, max_bytes=args.max_bytes,
           max_request_bytes=args.max_request_bytes, max_buffered_bytes=args.max_buffered_bytes,
           max_pixels=args.max_pixels, max_batch=args.max_batch, workers=args.workers,
           queue=args.queue, request_timeout=args.request_timeout,
-          read_timeout=args.read_timeout, backend=args.backend,
-          access_log_enabled=not args.no_access_log)
+          read_timeout=args.read_timeout, upload_timeout=args.upload_timeout,
+          backend=args.backend, access_log_enabled=not args.no_access_log)
     return 0
 
 
@@ -414,8 +434,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --workers: restarts from the last epoch's checkpoint after a "
                         "worker dies")
     p.add_argument("--storage", metavar="PATH_OR_URI",
-                   help="with --workers: where checkpoints go (default: beside --output; on a "
-                        "cluster, storage every node shares)")
+                   help="with --workers: where checkpoints go (default: a hidden folder "
+                        "beside --output; on a cluster, storage every node shares). Only this "
+                        "run's own sub-folder is removed after success")
     p.add_argument("--cpus-per-worker", type=float, metavar="C",
                    help="with --workers: CPUs each worker reserves (default: this machine's "
                         "cores shared out, or 1 with --address)")
@@ -444,7 +465,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="auto: model.onnx with onnxruntime when both exist, else Keras")
     p.add_argument("--engine", choices=["local", "ray"], default="local",
                    help="ray: label INPUT with Ray Data into Parquet shards (extra cluster)")
-    p.add_argument("--output", type=Path, metavar="OUT_DIR",
+    p.add_argument("--output", metavar="OUT_DIR",  # a str: Path would collapse s3:// to s3:/
                    help="with --engine ray: folder (or URI) for the Parquet shards")
     p.add_argument("--workers", type=int, metavar="N",
                    help="with --engine ray: model actors (default 1)")
@@ -522,6 +543,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="seconds for decode + inference, queue included (else 503)")
     p.add_argument("--read-timeout", type=float, default=15.0,
                    help="seconds a client may stay silent mid-upload (else 408)")
+    p.add_argument("--upload-timeout", type=float, default=60.0,
+                   help="seconds a whole request body may take, however it trickles in "
+                        "(else 408)")
     p.add_argument("--no-access-log", action="store_true", help="no line per request")
     p.add_argument("--backend", choices=["auto", "onnx", "keras"], default="auto",
                    help="auto: model.onnx with onnxruntime when both exist, else Keras")

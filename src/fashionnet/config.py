@@ -17,12 +17,14 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import sys
 from pathlib import Path
 from typing import Any
 
 from fashionnet.errors import FashionNetError
+from fashionnet.files import MAX_CONFIG_BYTES, read_small_text
 from fashionnet.heads import HeadSpec
 
 if sys.version_info >= (3, 11):
@@ -123,6 +125,8 @@ class Setting:
             ok = isinstance(value, int) and not isinstance(value, bool)
         elif self.kind is float:
             ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+            if ok and not math.isfinite(value):  # NaN compares false with every bound
+                return f"{name} must be a finite number, not {value!r}"
         elif self.kind is list:
             ok = isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value)
         else:
@@ -333,6 +337,9 @@ class TrainConfig:
             problem = setting.check(name, getattr(self, name))
             if problem:
                 raise FashionNetError(problem)
+        for name in ("separator", "multi_separator", "path_column"):
+            if not getattr(self, name):
+                raise FashionNetError(f"{name} must not be empty")
         if self.category_garment_map and not self.garment_map:
             if not self.follows_architecture("garment_map"):
                 raise FashionNetError("category_garment_map needs garment_map; turn it on or "
@@ -407,9 +414,10 @@ class TrainConfig:
     def from_toml(cls, path: str | Path) -> TrainConfig:
         path = Path(path)
         try:
-            text = path.read_text()
-        except OSError as exc:
-            raise FashionNetError(f"{path}: cannot read config ({exc.strerror})") from None
+            text = read_small_text(path, MAX_CONFIG_BYTES, what="config")
+        except UnicodeDecodeError as exc:
+            raise FashionNetError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start}); "
+                                  f"save the config as UTF-8") from None
         return cls.from_toml_text(text, str(path), relative_to=path.parent)
 
     @classmethod
@@ -421,6 +429,8 @@ class TrainConfig:
             data = tomllib.loads(text)
         except tomllib.TOMLDecodeError as exc:
             raise FashionNetError(f"{where}: invalid TOML ({exc})") from None
+        except RecursionError:
+            raise FashionNetError(f"{where}: invalid TOML (nested too deeply)") from None
         dataset = data.get("dataset")
         if relative_to is not None and isinstance(dataset, str) and dataset:
             data["dataset"] = os.path.normpath(os.path.join(relative_to, dataset))

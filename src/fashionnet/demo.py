@@ -14,6 +14,7 @@ from pathlib import Path
 
 from fashionnet.config import TrainConfig
 from fashionnet.data.synthetic import DEMO_HOLDOUT, write_dataset
+from fashionnet.outputs import check_replaceable, claim_output
 
 
 @dataclasses.dataclass
@@ -34,10 +35,12 @@ def run_demo(output: str | Path = "runs/demo", *, epochs: int | None = None,
     started = time.perf_counter()
     output = Path(output)
     data_dir = output / "data"
-    if data_dir.exists():
+    if data_dir.exists() or data_dir.is_symlink():
+        check_replaceable(data_dir, "--output")  # replaced only if a demo wrote it
         shutil.rmtree(data_dir)
     print(f"generating {per_combination * 16} synthetic garment images in {data_dir} ...")
     write_dataset(data_dir, per_combination=per_combination, size=96, seed=7)
+    claim_output(data_dir, "demo")
     # A short run: small batches and a faster BatchNorm average, so that evaluation-mode
     # statistics settle within a few hundred steps.
     config = TrainConfig(dataset=str(data_dir), input_size=input_size, batch_size=16,

@@ -9,6 +9,7 @@ the network feeds it: ``gray`` (deep, sees no colour), ``color`` (shallow, RGB) 
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -50,6 +51,9 @@ class HeadSpec:
             value = getattr(self, field)
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise FashionNetError(f"head {self.name!r}: {field} must be a number, "
+                                      f"not {value!r}")
+            if not math.isfinite(value):
+                raise FashionNetError(f"head {self.name!r}: {field} must be a finite number, "
                                       f"not {value!r}")
             if value < low or (high is not None and value > high):
                 allowed = f"from {low:g} to {high:g}" if high is not None else f"at least {low:g}"

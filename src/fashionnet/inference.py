@@ -88,16 +88,16 @@ class Predictor:
         self.temperatures = bundle.temperatures if calibrated else {}
         outputs = [h.output_name for h in self.heads]
         use_onnx = backend == "onnx" or (
-            backend == "auto" and bundle.onnx_path.is_file() and onnx_available())
+            backend == "auto" and _present(bundle.onnx_path) and onnx_available())
         if use_onnx:
-            if not bundle.onnx_path.is_file():
+            if not _present(bundle.onnx_path):
                 raise FashionNetError(f"{bundle.onnx_path}: missing; run `fashionnet export "
                                       f"{bundle.path}` first")
             # threads: a process that shares its machine (a Ray actor per core) caps ONNX
             # Runtime's pool, which otherwise takes every core.
             self.runner: Runner = OnnxRunner(bundle.onnx_path, outputs, threads=threads)
         else:
-            if not bundle.keras_path.is_file():
+            if not _present(bundle.keras_path):
                 raise FashionNetError(f"{bundle.keras_path}: missing from the bundle")
             try:
                 self.runner = KerasRunner(bundle.keras_path, outputs)
@@ -130,8 +130,10 @@ class Predictor:
         """
         size = self.bundle.preprocessing.size
         blank = np.full((1, size, size, 3), 255, np.uint8)
+        noise = np.random.default_rng(0).integers(0, 256, (2, size, size, 3), dtype=np.uint8)
         try:
             probs = self.predict_probabilities(blank)
+            raw = self.predict_probabilities(np.concatenate([blank, noise]), calibrated=False)
         except FashionNetError:
             raise
         except Exception as exc:
@@ -145,6 +147,15 @@ class Predictor:
             if not np.isfinite(p).all():
                 raise FashionNetError(f"{self.bundle.path}: head {head.name!r} answered "
                                       f"non-finite probabilities on a blank image")
+        for i, (head, p) in enumerate(zip(self.heads, raw)):
+            # A softmax's rows sum to 1 whatever the image; independent sigmoids do not. A
+            # labels.json whose head kind was switched would read one as the other silently.
+            softmax = bool(np.allclose(p.sum(axis=1), 1.0, rtol=0, atol=1e-5))
+            if len(head.classes) > 1 and softmax == head.multi:
+                raise FashionNetError(
+                    f"{self.bundle.path / 'labels.json'}: field 'heads[{i}].kind' says "
+                    f"{head.kind!r} but the model's {head.output_name!r} is "
+                    f"{'a softmax (single-label)' if softmax else 'sigmoids (multi-label)'}")
 
     @property
     def backend(self) -> str:
@@ -250,7 +261,10 @@ def _chunks(items: list, size: int, progress: bool) -> Iterator[list]:
 def load(path: str | Path, backend: str = "auto", calibrated: bool = True,
          threads: int | None = None) -> Predictor:
     """Load a bundle folder into a `Predictor` (``threads``: ONNX Runtime's, default all cores)."""
-    return Predictor(load_bundle(path), backend=backend, calibrated=calibrated, threads=threads)
+    predictor = Predictor(load_bundle(path), backend=backend, calibrated=calibrated,
+                          threads=threads)
+    predictor.self_test()
+    return predictor
 
 
 def expand_inputs(inputs: Sequence[str | Path]) -> list[Path]:
@@ -268,3 +282,9 @@ def expand_inputs(inputs: Sequence[str | Path]) -> list[Path]:
         else:
             raise FashionNetError(f"{item}: no such file or folder")
     return paths
+
+
+def _present(path: Path) -> bool:
+    """There, whatever it is: a FIFO or a device named model.onnx is refused by the runner as
+    "not a regular file", not reported as missing."""
+    return path.exists() or path.is_symlink()

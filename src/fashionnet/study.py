@@ -20,6 +20,7 @@ from fashionnet.errors import FashionNetError
 from fashionnet.evaluation import percent, report_from_probabilities
 from fashionnet.heads import combination
 from fashionnet.metrics import bootstrap_ci
+from fashionnet.outputs import check_output, dataset_inputs
 
 log = logging.getLogger("fashionnet")
 
@@ -44,6 +45,8 @@ def compositional_study(config: TrainConfig, output: str | Path, *,
     from fashionnet.training import load_dataset, train
 
     output = Path(output)
+    check_output(output, dataset_inputs(config.dataset, config.path_column)
+                 if config.dataset else [])
     output.mkdir(parents=True, exist_ok=True)
     results_path = output / "study.json"
     study = {"config": config.to_dict(), "folds": {}}

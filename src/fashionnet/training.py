@@ -42,6 +42,7 @@ from fashionnet.model.fashionnet import (
     predict_probabilities,
 )
 from fashionnet.model.layers import HeadAccuracy, HeadLoss
+from fashionnet.outputs import check_destination, dataset_inputs
 from fashionnet.plots import plot_history
 
 log = logging.getLogger("fashionnet")
@@ -388,9 +389,9 @@ def train(config: TrainConfig, output: str | Path, *, overwrite: bool = False,
     """Train on ``config.dataset`` and write a bundle at ``output`` (atomically)."""
     output = Path(output)
     recover(output)  # a bundle set aside by a killed --overwrite comes back first
-    if output.exists() and not overwrite:
-        raise FashionNetError(f"{output}: already exists; choose another --output or "
-                              f"pass --overwrite")
+    # Before minutes of training, not after: never the dataset, never a folder of the user's.
+    check_destination(output, dataset_inputs(config.dataset, config.path_column)
+                      if config.dataset else [], overwrite=overwrite)
     keras.utils.set_random_seed(config.seed)
     data = data or load_dataset(config, progress=verbose not in (0, 2))
     heads = data.heads
@@ -468,7 +469,7 @@ def train(config: TrainConfig, output: str | Path, *, overwrite: bool = False,
     }
     bundle = Bundle(output, heads, Preprocessing(size=config.input_size), trained_combos,
                     temperatures, metrics, version=time.strftime("%Y%m%dT%H%M%S"))
-    with atomic_directory(output, overwrite=overwrite) as tmp:
+    with atomic_directory(output, overwrite=overwrite, command="train") as tmp:
         model.save(tmp / "model.keras")
         write_json(tmp / "labels.json", bundle.labels_document())
         write_json(tmp / "config.json", config.to_dict())

@@ -14,8 +14,12 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 
 log = logging.getLogger("fashionnet")
+
+#: How long `check_address` waits for a Ray head to accept a connection.
+CONNECT_TIMEOUT = 10.0
 
 __all__ = ["connect", "label", "train_on_ray"]
 
@@ -34,9 +38,38 @@ def connect(address: str | None = None, num_cpus: int | None = None) -> None:
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     kwargs: dict = {"include_dashboard": False, "logging_level": logging.WARNING}
     if address:
+        check_address(address)
         ray.init(address=address, **kwargs)
     else:
         ray.init(num_cpus=num_cpus, **kwargs)
+
+
+def check_address(address: str, timeout: float = CONNECT_TIMEOUT) -> None:
+    """Refuse a malformed or unreachable ``--address`` in one line, within ``timeout`` seconds.
+
+    Ray itself retries an address where nothing listens for ever, without a word; a TCP
+    connection to the head's port tells within seconds. ``auto`` (Ray's own discovery) passes.
+    """
+    from fashionnet.errors import FashionNetError
+
+    if address == "auto":
+        return
+    hostport = address.split("://", 1)[1] if "://" in address else address
+    if address.startswith("://") or ("://" in address and not address.startswith("ray://")):
+        raise FashionNetError(f"--address {address!r}: expected HOST:PORT or ray://HOST:PORT")
+    host, _, port_text = hostport.rstrip("/").rpartition(":")
+    host = host.strip("[]")
+    if not host or not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise FashionNetError(f"--address {address!r}: expected HOST:PORT (a port from 1 to "
+                              f"65535) or ray://HOST:PORT")
+    try:
+        with socket.create_connection((host, int(port_text)), timeout=timeout):
+            pass
+    except OSError as exc:
+        reason = "timed out" if isinstance(exc, TimeoutError) else (exc.strerror or str(exc))
+        raise FashionNetError(f"--address {address}: no Ray cluster answers there ({reason} "
+                              f"after at most {timeout:g} s); start one with `ray start "
+                              f"--head` or leave --address out to run Ray here") from None
 
 
 def __getattr__(name: str):

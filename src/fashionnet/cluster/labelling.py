@@ -31,6 +31,7 @@ from fashionnet.data.images import DEFAULT_MAX_PIXELS, ImageDecodeError, decode_
 from fashionnet.data.sources import image_list
 from fashionnet.errors import FashionNetError
 from fashionnet.extras import require_cluster
+from fashionnet.outputs import check_destination
 
 log = logging.getLogger("fashionnet")
 
@@ -45,6 +46,19 @@ SUMMARY = "_summary.json"
 
 def _is_uri(path: str | Path) -> bool:
     return "://" in str(path)
+
+
+def _local_path(uri: str) -> Path | None:
+    """The local folder a ``file://`` URI names; None for remote storage. A URI Arrow cannot
+    open (unknown scheme, malformed) is refused here, before the job."""
+    from pyarrow import fs
+
+    try:
+        filesystem, path = fs.FileSystem.from_uri(uri)
+    except Exception as exc:  # ArrowInvalid, ValueError, ...
+        raise FashionNetError(f"--output {uri}: not a folder or a storage URI Arrow can write "
+                              f"to ({' '.join(str(exc).split())[:200]})") from None
+    return Path(path) if isinstance(filesystem, fs.LocalFileSystem) else None
 
 
 def _read_bytes(uri: str) -> bytes:
@@ -164,9 +178,14 @@ def label(model: str | Path, source: str | Path, output: str | Path, *, workers:
                     "the Keras model (`fashionnet export %s` avoids it)", bundle.path, bundle.path)
     paths = image_list(source)
     uri = _is_uri(output)
-    if not uri and Path(output).exists() and not overwrite:
-        raise FashionNetError(f"{output}: already exists; choose another --output or pass "
-                              f"--overwrite")
+    # Before the job, not after: never an input, never a folder of the user's, a URI that
+    # Arrow understands.
+    inputs = [("input", source), ("model", bundle.path)]
+    if not Path(source).is_dir():
+        inputs += [("image", p) for p in paths if not _is_uri(p)]
+    local = _local_path(str(output)) if uri else Path(output)
+    if local is not None:  # a file:// URI is a local folder: written the same safe way
+        output, uri = check_destination(local, inputs, overwrite=overwrite), False
 
     import ray
 
@@ -201,7 +220,7 @@ def label(model: str | Path, source: str | Path, output: str | Path, *, workers:
         summary = _summary(bundle, source, str(output), paths, workers, address, began, startup)
         _write_uri_json(f"{str(output).rstrip('/')}/{SUMMARY}", summary)
     else:
-        with atomic_directory(output, overwrite=overwrite) as tmp:
+        with atomic_directory(output, overwrite=overwrite, command="classify --engine ray") as tmp:
             dataset.write_parquet(str(tmp.resolve()))
             summary = _summary(bundle, source, str(tmp), paths, workers, address, began, startup)
             write_json(tmp / SUMMARY, summary)

@@ -38,6 +38,8 @@ from fashionnet.bundle import Bundle, load_bundle, recover, update_bundle_file
 from fashionnet.config import TrainConfig
 from fashionnet.errors import FashionNetError
 from fashionnet.extras import require_cluster, require_training
+from fashionnet.files import read_json_file
+from fashionnet.outputs import check_destination, check_output, dataset_inputs
 
 log = logging.getLogger("fashionnet")
 
@@ -77,10 +79,22 @@ def train_on_ray(config: TrainConfig, output: str | Path, *, workers: int = 2,
                               f"manifest)")
     output = Path(output).resolve()  # the workers' working folder is not ours
     recover(output)
-    if output.exists() and not overwrite:
-        raise FashionNetError(f"{output}: already exists; choose another --output or pass "
-                              f"--overwrite")
-    storage = storage or str(output.parent / f".{output.name}.ray")
+    check_destination(output, dataset_inputs(config.dataset, config.path_column),
+                      overwrite=overwrite)
+    own_storage = not storage  # our hidden folder: ours to delete whole after success
+    if not storage:
+        storage = str(output.parent / f".{output.name}.ray")
+    elif "://" not in storage:
+        # Ray (Arrow) wants an absolute local path; the user's folder is kept, only this run's
+        # sub-folder is removed after success.
+        storage = str(Path(storage).expanduser().resolve())
+        if Path(storage).exists() and not Path(storage).is_dir():
+            raise FashionNetError(f"--storage {storage}: is a file, not a folder")
+        check_output(storage, dataset_inputs(config.dataset, config.path_column),
+                     flag="--storage")
+    run_name = f"fashionnet-{output.name}"
+    run_storage = Path(storage) / run_name if "://" not in storage else None
+    fresh_run = run_storage is not None and not run_storage.exists()
 
     import ray.train
     from ray.train.tensorflow import TensorflowTrainer
@@ -98,7 +112,7 @@ def train_on_ray(config: TrainConfig, output: str | Path, *, workers: int = 2,
             resources_per_worker={"CPU": cpus_per_worker or (
                 1 if address else max(1, (os.cpu_count() or 1) // workers))}),
         run_config=ray.train.RunConfig(
-            name=f"fashionnet-{output.name}", storage_path=storage,
+            name=run_name, storage_path=storage,
             failure_config=ray.train.FailureConfig(max_failures=max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=1)))
     try:
@@ -115,8 +129,10 @@ def train_on_ray(config: TrainConfig, output: str | Path, *, workers: int = 2,
                "wall_seconds": round(time.perf_counter() - started, 1)}
     update_bundle_file(output, "cluster.json",
                        lambda path: path.write_text(json.dumps(cluster, indent=2) + "\n"))
-    if "://" not in storage:
+    if own_storage:
         shutil.rmtree(storage, ignore_errors=True)
+    elif fresh_run:  # only what this run created inside the user's --storage
+        shutil.rmtree(run_storage, ignore_errors=True)
     return ClusterTrainResult(bundle, bundle.metrics, cluster)
 
 
@@ -268,7 +284,7 @@ def save(model, best, history: dict, epochs_done: int, folder: Path) -> None:
 def restore(model, best, folder: Path) -> tuple[int, dict]:
     """Load a checkpoint written by `save` into a compiled model (inside the strategy's
     scope); returns the number of epochs already done and their history."""
-    state = json.loads((folder / "state.json").read_text())
+    state = read_json_file(folder / "state.json", "checkpoint state")
     model.set_weights(_arrays(folder / "weights.npz"))
     optimizer = model.optimizer
     if not optimizer.built:

@@ -30,10 +30,14 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from fashionnet.errors import FashionNetError
+from fashionnet.files import MAX_JSON_BYTES, read_small_bytes
 
 log = logging.getLogger("fashionnet")
 
 DEFAULT_MAX_PIXELS = 64_000_000
+#: The tighter cap of the services that read what strangers send (the server, the doctor, whose
+#: cleanvision pass decodes every image whole): 16 M pixels covers 12-16 MP phone photos.
+SERVICE_MAX_PIXELS = 16_000_000
 #: Bumped whenever decoding changes, so that cached arrays from older code are not reused.
 DECODER_VERSION = 2
 #: The formats Pillow may open: the ones the project documents (MPO is how Pillow names many
@@ -258,11 +262,12 @@ def _cache_read(key: str, count: int, size: int) -> DecodedImages | None:
     if not folder.is_dir():
         return None
     try:
-        meta = json.loads((folder / "meta.json").read_text())
+        meta = json.loads(read_small_bytes(folder / "meta.json", MAX_JSON_BYTES, "cache file"))
         images = np.load(folder / "images.npy", allow_pickle=False)
         kept = np.load(folder / "kept.npy", allow_pickle=False)
         problem = _cache_problem(meta, images, kept, count, size)
-    except (OSError, ValueError, EOFError, TypeError, KeyError, AttributeError) as exc:
+    except (OSError, ValueError, EOFError, TypeError, KeyError, AttributeError,
+            RecursionError, FashionNetError) as exc:
         problem = f"unreadable ({' '.join(str(exc).split())[:120]})"
     if problem is None:
         return DecodedImages(images, kept, list(meta["failures"]))

@@ -30,15 +30,25 @@ EXCLUDE_COLUMN = "exclude"
 #: .DS_Store, notes) are not images and are left out with a count, never an error.
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff",
                             ".jfif", ".avif"})
+#: The key under which `image_files` counts the linked sub-folders it did not follow.
+LINKED_FOLDER = "(linked folder)"
 
 
 def image_files(folder: Path) -> tuple[list[Path], Counter]:
     """The image files anywhere under ``folder`` (sub-folders included, hidden ones not), sorted,
-    and a count of the other files left out, by suffix."""
+    and a count of the other files left out, by suffix.
+
+    Symbolically linked sub-folders are not followed (counted): a link to
+    ``..`` would relabel every other class's images, and two links to ``.`` make the walk
+    exponential. Linked files are read; ``folder`` itself may be a link.
+    """
     found: list[Path] = []
     others: Counter = Counter()
-    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=False):
+        linked = [d for d in dirnames if os.path.islink(os.path.join(dirpath, d))]
+        if linked:
+            others[LINKED_FOLDER] += len(linked)
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and d not in linked)
         for name in filenames:
             if name.startswith("."):
                 continue
@@ -51,12 +61,17 @@ def image_files(folder: Path) -> tuple[list[Path], Counter]:
 
 
 def describe_skipped(others: Counter) -> str:
-    """``3 not images (2 .txt, 1 .md)`` or an empty string."""
+    """``3 not images (2 .txt, 1 .md)``, ``1 linked folder(s) not followed``, or ``""``."""
+    others = Counter(others)
+    links = others.pop(LINKED_FOLDER, 0)
     total = sum(others.values())
-    if not total:
-        return ""
-    kinds = ", ".join(f"{n} {suffix}" for suffix, n in others.most_common())
-    return f"{total} not image file(s): {kinds}"
+    parts = []
+    if total:
+        kinds = ", ".join(f"{n} {suffix}" for suffix, n in others.most_common())
+        parts.append(f"{total} not image file(s): {kinds}")
+    if links:
+        parts.append(f"{links} linked folder(s) not followed")
+    return "; ".join(parts)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,7 +97,15 @@ def read_folders(root: str | Path, heads: Sequence[str] = DEFAULT_HEADS,
     if not folders:
         raise FashionNetError(f"{root}: no sub-folders; expect one folder per combination "
                               f"named like {separator.join(heads)}")
+    real_root = Path(os.path.realpath(root))
     for folder in folders:
+        if folder.is_symlink():
+            target = Path(os.path.realpath(folder))
+            if (target == real_root or real_root.is_relative_to(target)
+                    or target.is_relative_to(real_root)):
+                raise FashionNetError(f"{folder}: a symbolic link to {target}, inside or above "
+                                      f"the dataset folder: its images would be counted under "
+                                      f"two labels")
         parts = folder.name.split(separator)
         if len(parts) != len(heads) or not all(parts):
             raise FashionNetError(
@@ -176,7 +199,13 @@ def _manifest_image(where: str, row: dict, path_column: str, folder: Path,
     if not allow_outside and _leaves(image):
         raise FashionNetError(f"{where}: path {image!r} leaves the manifest's folder; pass "
                               f"--allow-outside to read images outside {folder}")
-    return (folder / image).resolve()
+    full = (folder / image).resolve()
+    if not allow_outside and not full.is_relative_to(folder.resolve()):
+        # Checked on the resolved path too: images/etc_link -> /etc is lexically inside.
+        raise FashionNetError(f"{where}: path {image!r} leads outside the manifest's folder "
+                              f"(through a symbolic link, to {full}); pass --allow-outside to "
+                              f"read images outside {folder}")
+    return full
 
 
 def image_list(source: str | Path, path_column: str = "path", *,

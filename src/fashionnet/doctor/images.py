@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fashionnet.data.images import decode_many
+from fashionnet.data.images import SERVICE_MAX_PIXELS, decode_many
 from fashionnet.doctor.issues import Issue
 from fashionnet.errors import FashionNetError
 
@@ -36,8 +36,14 @@ class Decoded:
 
 def decode_files(paths: Sequence[Path], size: int, *, progress: bool = True,
                  cache: bool = True) -> Decoded:
-    """Decode every file once (cached like training); unreadable ones keep their error."""
-    decoded = decode_many(paths, size, progress=progress, cache=cache)
+    """Decode every file once (cached like training); unreadable ones keep their error.
+
+    Capped at `SERVICE_MAX_PIXELS`, as the server is: cleanvision decodes every readable file
+    whole, so a 400 KB PNG of 64 M pixels would cost gigabytes there. A file over the cap is
+    an "unreadable" issue that says so.
+    """
+    decoded = decode_many(paths, size, progress=progress, cache=cache,
+                          max_pixels=SERVICE_MAX_PIXELS)
     failed = sorted(set(range(len(paths))) - set(decoded.kept.tolist()))
     return Decoded(decoded.images, decoded.kept, dict(zip(failed, decoded.failures)))
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from PIL import Image, ImageOps
 
-from fashionnet.data.images import ALLOWED_FORMATS
+from fashionnet.data.images import ALLOWED_FORMATS, SERVICE_MAX_PIXELS
 from fashionnet.doctor.issues import (
     EXCLUDED_BY_DEFAULT,
     FIELDS,
@@ -82,6 +82,8 @@ def thumbnail(path: Path, side: int = 96, quality: int = 80) -> bytes | None:
     """A small JPEG of one image, aspect kept; None when it cannot be read."""
     try:
         with Image.open(path, formats=ALLOWED_FORMATS) as im:
+            if im.width * im.height > SERVICE_MAX_PIXELS:  # the doctor's decode cap
+                return None
             if im.format in ("JPEG", "MPO"):
                 im.draft("RGB", (2 * side, 2 * side))
             im = ImageOps.exif_transpose(im)

@@ -14,6 +14,7 @@ from fashionnet.doctor.labels import combination_matrices, duplicate_issues, lab
 from fashionnet.doctor.report import write_report
 from fashionnet.errors import FashionNetError
 from fashionnet.extras import require_doctor, require_training
+from fashionnet.outputs import check_destination, dataset_inputs
 
 log = logging.getLogger("fashionnet")
 
@@ -40,9 +41,10 @@ def run_doctor(dataset: str | Path, output: str | Path, *, model: str | Path | N
         bundle = load_bundle(model)
         heads = [h.name for h in bundle.heads]
         multi = [h.name for h in bundle.heads if h.multi]
-    if output.exists() and not overwrite:  # before minutes of work, not after
-        raise FashionNetError(f"{output}: already exists; choose another --output or pass "
-                              f"--overwrite")
+    # Before minutes of work, not after: never the dataset, the model or a folder of the user's.
+    check_destination(output, [*dataset_inputs(dataset),
+                               *([("model", bundle.path)] if bundle else [])],
+                      overwrite=overwrite)
     records, names = read_dataset(dataset, heads, multi or [], separator,
                                   allow_outside=allow_outside)
     root = dataset_root(dataset)
@@ -90,7 +92,7 @@ def run_doctor(dataset: str | Path, output: str | Path, *, model: str | Path | N
         combinations=combination_matrices(records, names, separator),
         model=str(bundle.path) if bundle else None, sources=sources, notes=notes)
     result.seconds = time.perf_counter() - started
-    with atomic_directory(output, overwrite=overwrite) as tmp:
+    with atomic_directory(output, overwrite=overwrite, command="doctor") as tmp:
         write_report(tmp, result, output, **({"shown": shown} if shown else {}))
     return result
 

@@ -12,6 +12,7 @@ from typing import Protocol
 import numpy as np
 
 from fashionnet.errors import FashionNetError
+from fashionnet.files import check_regular_file
 
 
 class Runner(Protocol):
@@ -41,6 +42,7 @@ class KerasRunner:
 
         import fashionnet.model.layers  # noqa: F401  (registers the custom objects)
 
+        check_regular_file(path, "Keras model file")
         try:
             # Safe mode: no Lambda layers, no arbitrary Python objects. Whatever Keras raises
             # for a tampered or broken file (ValueError, TypeError, KeyError, BadZipFile, ...)
@@ -84,6 +86,7 @@ class OnnxRunner:
         options = ort.SessionOptions()
         if threads:
             options.intra_op_num_threads = threads
+        check_regular_file(path, "ONNX model file")
         try:
             self.session = ort.InferenceSession(str(path), options,
                                                 providers=["CPUExecutionProvider"])

@@ -38,7 +38,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 from starlette.staticfiles import StaticFiles
 
-from fashionnet.data.images import ImageDecodeError, ImageTooLargeError
+from fashionnet.data.images import SERVICE_MAX_PIXELS, ImageDecodeError, ImageTooLargeError
 from fashionnet.errors import FashionNetError
 from fashionnet.inference import Predictor, load
 from fashionnet.server.uploads import ByteBudget, Reader, UploadError, read_multipart, read_raw
@@ -50,7 +50,7 @@ access_log = logging.getLogger("fashionnet.access")
 DOCS_ASSETS = "/docs-assets"
 
 #: A 96-pixel model needs nothing near 64 M pixels; 16 M covers 12-16 MP phone photos.
-SERVER_MAX_PIXELS = 16_000_000
+SERVER_MAX_PIXELS = SERVICE_MAX_PIXELS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,6 +64,7 @@ class ServerLimits:
     queue: int = 0                         # requests waiting for a worker; 0: 4 per worker
     request_timeout: float = 30.0          # seconds for decode + inference, queue included
     read_timeout: float = 15.0             # seconds a client may stay silent mid-upload
+    upload_timeout: float = 60.0           # seconds the whole request body may take
 
     def resolved(self) -> ServerLimits:
         workers = self.workers or max(1, os.cpu_count() or 1)
@@ -85,8 +86,10 @@ class WorkerPool:
     """Runs decode + inference in threads: at most ``workers`` at once, ``queue`` waiting.
 
     A request beyond that is answered 503 with Retry-After at once. A job that outlives the
-    time limit is answered 503 too; its thread finishes in the background and keeps its slot
-    until then, so the pool never runs more than it was sized for.
+    time limit is answered 503 too and told to stop (``fn`` gets a `threading.Event` as its
+    first argument and checks it between images): a queued job is dropped, a running one gives
+    its slot back after the image it is on, instead of decoding the rest of a batch nobody
+    waits for. The pool never runs more than it was sized for.
     """
 
     def __init__(self, workers: int, queue: int, timeout: float):
@@ -106,15 +109,20 @@ class WorkerPool:
                 raise ApiError(503, "server busy: every worker and queue slot is taken; retry "
                                     "shortly", retry_after=1)
             self.pending += 1
+        stop = threading.Event()
         try:
-            future = self.executor.submit(fn, *args)
+            future = self.executor.submit(fn, stop, *args)
         except BaseException:
             self._release(None)
             raise
         future.add_done_callback(self._release)
         try:
-            return await asyncio.wait_for(asyncio.wrap_future(future), self.timeout)
+            # shield: a timeout must not cancel the wrapped future before we flag it ourselves
+            return await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(future)),
+                                          self.timeout)
         except (asyncio.TimeoutError, TimeoutError):
+            stop.set()
+            future.cancel()  # still queued: never starts, and its slot is released now
             raise ApiError(503, f"the request took longer than the limit of "
                                 f"{self.timeout:g} s; retry later", retry_after=5) from None
 
@@ -176,7 +184,7 @@ def create_app(model: str | Path | Predictor, *, max_bytes: int = 10_000_000,
                                 f"{limits.max_request_bytes} bytes")
         reader = request.state.reader = Reader(
             request.stream(), max_request_bytes=limits.max_request_bytes, budget=budget,
-            read_timeout=limits.read_timeout)
+            read_timeout=limits.read_timeout, upload_timeout=limits.upload_timeout)
         content_type = request.headers.get("content-type", "")
         if content_type.startswith("multipart/form-data"):
             return await read_multipart(reader, content_type, field,
@@ -204,18 +212,22 @@ def create_app(model: str | Path | Predictor, *, max_bytes: int = 10_000_000,
                 predictions = predictor.predict_arrays(np.stack(images), names)
         return [p.to_dict() for p in predictions]
 
-    def job(files: list[tuple[str, bytes]]) -> list[dict | tuple[str, ApiError]]:
-        """Worker thread: decode every image (failures per image), then one model call."""
+    def job(stop: threading.Event, files: list[tuple[str, bytes]]
+            ) -> list[dict | tuple[str, ApiError]]:
+        """Worker thread: decode every image (failures per image), then one model call;
+        stops between images once ``stop`` is set (the request timed out)."""
         results: list[dict | tuple[str, ApiError] | None] = [None] * len(files)
         images, names, where = [], [], []
         for i, (name, data) in enumerate(files):
+            if stop.is_set():
+                return []
             try:
                 images.append(decode(name, data))
                 names.append(name)
                 where.append(i)
             except ApiError as exc:
                 results[i] = (name, exc)
-        if images:
+        if images and not stop.is_set():
             for i, result in zip(where, predict_arrays(images, names)):
                 results[i] = result
         return results  # type: ignore[return-value]

@@ -8,13 +8,16 @@ push parser) and refused at the first byte over a limit:
 - ``max_file_bytes``: one image (a multipart file part, or a raw body);
 - ``max_request_bytes``: the whole request body;
 - ``budget``: the bytes all requests in flight hold together (answered 503 when full);
-- ``read_timeout``: seconds a client may stay silent mid-upload (answered 408).
+- ``read_timeout``: seconds a client may stay silent mid-upload (answered 408);
+- ``upload_timeout``: seconds the whole body may take, however it trickles in (408): one
+  byte every few seconds never trips ``read_timeout`` but would hold a slot for ever.
 """
 
 from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections.abc import AsyncIterator
 
 try:
@@ -59,21 +62,31 @@ class Reader:
     """One request's body, read chunk by chunk under the limits; call `release` when done."""
 
     def __init__(self, stream: AsyncIterator[bytes], *, max_request_bytes: int,
-                 budget: ByteBudget, read_timeout: float):
+                 budget: ByteBudget, read_timeout: float, upload_timeout: float = 60.0,
+                 started: float | None = None):
         self._chunks = stream.__aiter__()
         self.max_request_bytes = max_request_bytes
         self.budget = budget
         self.read_timeout = read_timeout
+        self.upload_timeout = upload_timeout
+        self.deadline = (time.monotonic() if started is None else started) + upload_timeout
         self.received = 0
         self._held = 0
 
     async def chunks(self) -> AsyncIterator[bytes]:
         while True:
+            left = self.deadline - time.monotonic()
+            wait = min(self.read_timeout, left)
             try:
-                chunk = await asyncio.wait_for(self._chunks.__anext__(), self.read_timeout)
+                if left <= 0:
+                    raise TimeoutError
+                chunk = await asyncio.wait_for(self._chunks.__anext__(), wait)
             except StopAsyncIteration:
                 return
             except (asyncio.TimeoutError, TimeoutError):
+                if wait < self.read_timeout:
+                    raise UploadError(408, f"upload too slow: the body took longer than "
+                                           f"{self.upload_timeout:g} s") from None
                 raise UploadError(408, f"upload stalled: nothing received for "
                                        f"{self.read_timeout:g} s") from None
             if not chunk:
