@@ -627,11 +627,308 @@ def crash_attacks(model: Path, work: Path) -> None:
            else "loss", f"left {leftovers}, after the next write {after}")
 
 
+# --- round two (issue 38): outputs over inputs, links, side files, NaN, Ray, slow uploads ----
+
+
+def run_cmd(*argv, timeout: float = 120, measure: bool = False) -> tuple[int | str, str, int]:
+    """`fashionnet ARGV` in a child process: (exit code or "hang", stderr, peak RSS in MB)."""
+    code = ("import resource, sys\nfrom fashionnet.cli import main\n"
+            "try:\n    rc = main(sys.argv[1:])\nexcept SystemExit as e:\n    rc = e.code\n"
+            "print(f'@@rss {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024}', "
+            "file=sys.stderr)\nsys.exit(rc)\n") if measure else \
+        "import sys\nfrom fashionnet.cli import main\nsys.exit(main(sys.argv[1:]))\n"
+    try:
+        done = subprocess.run([sys.executable, "-c", code, *map(str, argv)], capture_output=True,
+                              text=True, timeout=timeout,
+                              env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    except subprocess.TimeoutExpired:
+        return "hang", "", 0
+    err, rss = done.stderr, 0
+    if "@@rss" in err:
+        rss = int(err.rsplit("@@rss", 1)[1].split()[0])
+        err = err.rsplit("@@rss", 1)[0]
+    return done.returncode, err, rss
+
+
+def _refusal(code, err: str) -> str:
+    """A user mistake must end as exit 2 with one `error:` line naming the problem."""
+    if code == "hang":
+        return "hang"
+    if "Traceback" in err or code not in (0, 2):
+        return "crash"
+    lines = [line for line in err.strip().splitlines() if line.startswith("error: ")]
+    return "clear" if code == 2 and len(lines) == 1 else "silent_wrong"
+
+
+def _snapshot(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*"))
+            if p.is_file() and not p.is_symlink()}
+
+
+def round_two_attacks(model: Path, work: Path, with_ray: bool) -> None:
+    kind = "round two"
+    root = work / "r2"
+    photos = root / "d" / "photos"
+    for combo, color in (("red_dress", (220, 20, 20)), ("blue_shirt", (20, 20, 220)),
+                         ("blue_dress", (20, 20, 200)), ("red_shirt", (200, 20, 20))):
+        for i in range(4):
+            (photos / combo).mkdir(parents=True, exist_ok=True)
+            (photos / combo / f"{i}.jpg").write_bytes(jpeg(color))
+    (root / "d" / "notes.txt").write_text("the user's notes")
+
+    def loss_attempt(name, argv, guarded: Path, timeout=180):
+        before = _snapshot(guarded)
+        code, err, _ = run_cmd(*argv, timeout=timeout)
+        after = _snapshot(guarded) if guarded.exists() else {}
+        outcome = "loss" if after != before else _refusal(code, err)
+        record(kind, name, outcome, f"exit {code}: {err.strip()[-140:]}")
+
+    # 1. Ray's --storage: the user's folder survives, only the run's sub-folder goes.
+    if with_ray:
+        storage = root / "shared-mount"
+        storage.mkdir()
+        (storage / "other-team.txt").write_text("not ours")
+        code, err, _ = run_cmd("train", "--dataset", photos, "--output", root / "ray-run",
+                               "--workers", "2", "--epochs", "1", "--input-size", "32",
+                               "--storage", storage, timeout=600)
+        kept = (storage / "other-team.txt").is_file()
+        record(kind, "train --workers 2 --storage DIR (DIR holds a user's file)",
+               "clear" if code == 0 and kept and not (storage / "fashionnet-ray-run").exists()
+               else ("loss" if not kept else _refusal(code, err)),
+               f"exit {code}; user's file {'kept' if kept else 'DELETED'}")
+        code, err, _ = run_cmd("train", "--dataset", photos, "--output", root / "r",
+                               "--workers", "2", "--address", "127.0.0.1:1", timeout=90)
+        record(kind, "train --workers --address 127.0.0.1:1 (nothing listens)",
+               _refusal(code, err), err.strip()[-120:])
+        code, err, _ = run_cmd("train", "--dataset", photos, "--output", root / "r",
+                               "--workers", "2", "--address", "localhost:port", timeout=90)
+        record(kind, "train --address localhost:port (malformed)", _refusal(code, err),
+               err.strip()[-120:])
+        uri_out = root / "uri-out"
+        code, err, _ = run_cmd("classify", "--engine", "ray", photos, "--model", model,
+                               "--output", f"file://{uri_out}", timeout=300)
+        stray = [p for p in Path.cwd().glob("file:*")]
+        record(kind, "classify --engine ray --output file:///abs/path",
+               "clear" if code == 0 and (uri_out / "_summary.json").is_file() and not stray
+               else "silent_wrong", f"exit {code}, stray {stray}")
+        loss_attempt("classify --engine ray DIR --output DIR --overwrite",
+                     ["classify", "--engine", "ray", photos, "--output", photos, "--overwrite",
+                      "--model", model], root / "d")
+    # 2. --overwrite where the output is, holds or lies in the input.
+    loss_attempt("train --dataset DIR --output DIR --overwrite",
+                 ["train", "--dataset", photos, "--output", photos, "--overwrite"], root / "d")
+    loss_attempt("train --dataset d/photos --output d --overwrite",
+                 ["train", "--dataset", photos, "--output", root / "d", "--overwrite"], root / "d")
+    link = root / "link-to-photos"
+    link.symlink_to(photos)
+    loss_attempt("train --output LINK-TO-DATASET --overwrite",
+                 ["train", "--dataset", photos, "--output", link, "--overwrite"], root / "d")
+    loss_attempt("train --output d/photos/red_dress/.. --overwrite",
+                 ["train", "--dataset", photos, "--output", photos / "red_dress" / "..",
+                  "--overwrite"], root / "d")
+    mine = root / "my-folder"
+    mine.mkdir()
+    (mine / "thesis.tex").write_text("years of work")
+    loss_attempt("train --output USERS-FOLDER --overwrite (no marker)",
+                 ["train", "--dataset", photos, "--output", mine, "--overwrite"], mine)
+    if _has("cleanlab"):
+        loss_attempt("doctor --dataset photos --output photos --overwrite",
+                     ["doctor", "--dataset", photos, "--output", photos, "--overwrite",
+                      "--quiet"], root / "d")
+        loss_attempt("doctor --dataset d/photos --output d --overwrite",
+                     ["doctor", "--dataset", photos, "--output", root / "d", "--overwrite",
+                      "--quiet"], root / "d")
+        blocker = root / "a-file"
+        blocker.write_text("x")
+        code, err, _ = run_cmd("doctor", "--dataset", photos, "--output", blocker / "report",
+                               "--quiet")
+        record(kind, "doctor --output under a file", _refusal(code, err), err.strip()[-120:])
+        big = root / "big"
+        for combo in ("red_dress", "blue_shirt"):
+            (big / combo).mkdir(parents=True)
+            for i in range(2):
+                Image.new("L", (5000, 5000), 255 - i).save(big / combo / f"{i}.png",
+                                                           optimize=True)
+        code, err, rss = run_cmd("doctor", "--dataset", big, "--output", root / "big-report",
+                                 "--quiet", measure=True, timeout=300)
+        record(kind, "doctor on four 25 M-pixel PNGs (~100 KB in all)",
+               "clear" if code in (0, 2) and rss < 1000 and "Traceback" not in err else "dos",
+               f"exit {code}, peak RSS {rss} MB")
+    # 3. annotated copies over the originals.
+    pics = root / "pics"
+    pics.mkdir()
+    (pics / "photo.png").write_bytes(_png_photo())
+    loss_attempt("classify --annotate DIR DIR/photo.png", ["classify", "--model", model,
+                 "--annotate", pics, pics / "photo.png"], pics)
+    # 4. symlinked folders in a folder dataset.
+    looped = root / "looped"
+    shutil.copytree(photos, looped)
+    (looped / "blue_dress" / "parent").symlink_to("..")
+    from fashionnet.data.sources import read_folders
+
+    records = read_folders(looped, ["color", "category"])
+    record(kind, "blue_dress/parent -> .. (relabelling)",
+           "clear" if len(records) == 16 else "silent_wrong", f"{len(records)} records for 16")
+    exploding = root / "exploding"
+    shutil.copytree(photos, exploding)
+    for name in ("a", "b"):
+        (exploding / "red_dress" / name).symlink_to(".")
+    code, err, _ = run_cmd("classify", "--model", model, exploding, "--format", "csv",
+                           timeout=120)
+    record(kind, "two '-> .' links (exponential walk)", "hang" if code == "hang" else
+           ("clear" if code == 0 else _refusal(code, err)), f"exit {code}")
+    # 5. a manifest row through a symlink.
+    secret = root / "secret"
+    secret.mkdir()
+    (secret / "passwd.jpg").write_bytes(jpeg())
+    (root / "m" / "images").mkdir(parents=True)
+    (root / "m" / "images" / "etc_link").symlink_to(secret)
+    (root / "m" / "labels.csv").write_text("path,color,category\n"
+                                           "images/etc_link/passwd.jpg,red,dress\n")
+    code, err, _ = run_cmd("train", "--dataset", root / "m" / "labels.csv", "--output",
+                           root / "m-run", "--epochs", "1")
+    record(kind, "manifest row images/etc_link/passwd (link to outside)", _refusal(code, err),
+           err.strip()[-120:])
+    # 6. bundle side files.
+    photo = root / "photo.jpg"
+    photo.write_bytes(jpeg())
+
+    def side_file(name, tamper, expect="not a regular file"):
+        copy = root / "bundles" / name.replace(" ", "_").replace("/", "_")
+        shutil.copytree(model, copy)
+        tamper(copy)
+        code, err, rss = run_cmd("classify", "--model", copy, photo, timeout=30, measure=True)
+        outcome = _refusal(code, err)
+        if outcome == "clear" and expect not in err:
+            outcome = "silent_wrong"  # refused, but for the wrong reason ("missing")
+        if rss > 2000:
+            outcome = "dos"
+        record(kind, name, outcome, f"exit {code}, peak {rss} MB: {err.strip()[-110:]}")
+
+    def replace_with(name, how):
+        def tamper(copy):
+            (copy / name).unlink(missing_ok=True)
+            how(copy / name)
+        return tamper
+
+    fifo = os.mkfifo
+    dev_zero = lambda p: p.symlink_to("/dev/zero")  # noqa: E731
+    side_file("FIFO metrics.json", replace_with("metrics.json", fifo))
+    side_file("metrics.json -> /dev/zero", replace_with("metrics.json", dev_zero))
+    side_file("FIFO labels.json", replace_with("labels.json", fifo))
+    side_file("labels.json -> /dev/zero", replace_with("labels.json", dev_zero))
+    side_file("labels.json nested 100,000 deep", replace_with(
+        "labels.json", lambda p: p.write_text("[" * 100_000 + "]" * 100_000)), expect="labels")
+    side_file("FIFO model.onnx", replace_with("model.onnx", fifo))
+    side_file("model.onnx -> /dev/zero", replace_with("model.onnx", dev_zero))
+
+    def multi(copy):
+        doc = json.loads((copy / "labels.json").read_text())
+        doc["heads"][0]["kind"] = "multi"
+        (copy / "labels.json").write_text(json.dumps(doc))
+
+    side_file("labels.json head kind switched to multi", multi, expect="softmax")
+    # 7. NaN and infinity.
+    for name, argv in (("--learning-rate nan", ["--learning-rate", "nan"]),
+                       ("--recolor inf", ["--recolor", "inf"]),
+                       ("--loss-weight color=nan", ["--loss-weight", "color=nan"])):
+        code, err, _ = run_cmd("train", "--dataset", photos, "--output", root / "nan-run",
+                               *argv)
+        record(kind, f"train {name}", _refusal(code, err), err.strip()[-100:])
+    for name, text in (("learning_rate = nan", "learning_rate = nan\n"),
+                       ("loss_weight = nan", '[[heads]]\nname = "color"\nloss_weight = nan\n'),
+                       ("Latin-1 TOML", None), ("TOML nested 5,000 deep", "a = " + "[" * 5000
+                                                                        + "]" * 5000 + "\n"),
+                       ('separator = ""', 'separator = ""\n')):
+        path = root / "c.toml"
+        if text is None:
+            path.write_bytes("dataset = 'caf\xe9'\n".encode("latin-1"))
+        else:
+            path.write_text(text)
+        code, err, _ = run_cmd("train", "--config", path, "--dataset", photos, "--output",
+                               root / "toml-run")
+        record(kind, f"config {name}", _refusal(code, err), err.strip()[-100:])
+    if _has("fastapi"):
+        for flag, value in (("--request-timeout", "nan"), ("--workers", "-1"),
+                            ("--port", "70000"), ("--upload-timeout", "inf")):
+            code, err, _ = run_cmd("serve", "--model", model, flag, value, timeout=60)
+            record(kind, f"serve {flag} {value}", _refusal(code, err), err.strip()[-100:])
+
+
+def trickle_attack(model: Path) -> None:
+    """One byte every 2 s: never silent for --read-timeout, but the body never ends."""
+    kind = "round two"
+    server = Server(model, "--read-timeout", "3", "--upload-timeout", "8")
+    try:
+        started = time.perf_counter()
+        with server.connect(40) as s:
+            s.sendall(b"POST /v1/predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\n"
+                      b"Content-Length: 100000\r\nConnection: close\r\n\r\n")
+            status = 0
+            for _ in range(15):
+                try:
+                    s.sendall(b"\xff")
+                except OSError:
+                    break
+                if _readable(s):
+                    status = _read_response(s)[0]
+                    break
+                time.sleep(2)
+        took = time.perf_counter() - started
+        record(kind, "upload of one byte every 2 s (read timeout 3 s, upload timeout 8 s)",
+               "clear" if status == 408 and took < 14 else "dos",
+               f"status {status} after {took:.1f} s")
+    finally:
+        server.stop()
+
+
+def timed_out_batches_attack(model: Path) -> None:
+    """Batches of PNGs at the pixel cap that time out must not keep the server busy."""
+    kind = "round two"
+    server = Server(model, "--request-timeout", "1", "--workers", "2", "--queue", "2")
+    try:
+        heavy = png16(3999, 3999)
+        body = multipart_body([("files", f"{i}.png", heavy) for i in range(16)])
+        threads = [threading.Thread(target=lambda: server.post("/v1/predict/batch", body, MP,
+                                                               timeout=120))
+                   for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+        started = time.perf_counter()
+        status = 503
+        while status != 200 and time.perf_counter() - started < 60:
+            status, _ = server.post("/v1/predict", multipart_body([("file", "a.jpg", jpeg())]),
+                                    MP)
+            if status != 200:
+                time.sleep(0.5)
+        took = time.perf_counter() - started
+        record(kind, "4 batches of 16 PNGs at the pixel cap, timed out: back to 200 in",
+               "clear" if status == 200 and took < 5 else "dos",
+               f"status {status} after {took:.1f} s")
+    finally:
+        server.stop()
+
+
+def _has(module: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(module) is not None
+
+
+def _png_photo() -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (64, 64), (10, 200, 10)).save(buf, "PNG")
+    return buf.getvalue()
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", type=Path, required=True, help="a bundle (Keras backend)")
     parser.add_argument("--out", type=Path, default=ROOT / "results" / "hostile.json")
     parser.add_argument("--skip-server", action="store_true")
+    parser.add_argument("--skip-ray", action="store_true", help="round two without Ray attacks")
     parser.add_argument("--server-args", default="--read-timeout 3 --workers 2 --queue 4",
                         help="extra `fashionnet serve` options (empty for an older checkout)")
     args = parser.parse_args()
@@ -644,6 +941,10 @@ def main() -> int:
         bundle_attacks(args.model, work)
         dataset_attacks(work)
         crash_attacks(args.model, work)
+        round_two_attacks(args.model, work, with_ray=not args.skip_ray and _has("ray"))
+        if not args.skip_server:
+            trickle_attack(args.model)
+            timed_out_batches_attack(args.model)
     table = {kind: {"attempts": len(rows), **{o: sum(r[1] == o for r in rows) for o in OUTCOMES},
                     "rows": [{"attempt": n, "outcome": o, "detail": d} for n, o, d in rows]}
              for kind, rows in RESULTS.items()}

@@ -2,6 +2,7 @@
 
 import json
 
+import numpy as np
 import pytest
 
 from fashionnet.cli import main
@@ -38,7 +39,7 @@ def test_classify_json_folder_and_annotate(tiny_bundle, tiny_dataset, capsys, tm
 
     with Image.open(tmp_path / "ann" / "0000.png") as im:
         assert im.width == 400
-        pixels = im.convert("RGB").crop((0, 0, 200, 60)).getdata()
+        pixels = np.asarray(im.convert("RGB").crop((0, 0, 200, 60))).reshape(-1, 3).tolist()
         assert any(g > 150 and r < 80 and b < 80 for r, g, b in pixels)  # green text
 
 

@@ -62,3 +62,17 @@ def test_study_runs_short_and_resumes(tiny_dataset, tmp_path, capsys):
     capsys.readouterr()
     assert main(argv) == 0  # resumes: nothing to train again
     assert capsys.readouterr().out.count("| red_shoes |") == 1
+
+
+def test_the_report_says_when_no_temperature_was_fitted():
+    from fashionnet.evaluation import render_markdown
+
+    records = [Record("a", {"color": "red", "category": "dress"})]
+    rep = report_from_probabilities(HEADS, records, [np.array([[.1, .9]]), np.array([[.9, .1]])],
+                                    ["red_dress"])
+    for head in rep["heads"].values():
+        head["temperature"] = 1.0  # what evaluate records for a bundle without temperatures
+    text = render_markdown(rep)
+    assert "fitted on the validation split" not in text and "no fitted temperature" in text
+    rep["heads"]["color"]["temperature"] = 1.7
+    assert "fitted on the validation split" in render_markdown(rep)

@@ -1,4 +1,5 @@
 import io
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -62,6 +63,36 @@ def test_empty_training_split_says_whether_dedupe_caused_it():
     with pytest.raises(FashionNetError, match="the dataset is too small$"):
         split_records(_records(["black_jeans"], n=2), HEADS, val_fraction=0.4,
                       test_fraction=0.5)
+
+
+def test_a_small_multi_label_manifest_still_gets_a_validation_split():
+    """84 rows whose multi-label cells and blanks made 53 "combinations" of one or two rows
+    each, every one rounded to no validation image: stratify on the single-label heads, and
+    carry the rounding from one stratum to the next."""
+    rng = np.random.default_rng(0)
+    tags = ["party", "work", "beach", "winter", "sport"]
+    heads = [HeadSpec("color", ["black", "blue", "red"]),
+             HeadSpec("category", ["dress", "jeans"]),
+             HeadSpec("tags", tags, kind="multi")]
+    records = []
+    for i in range(84):
+        picked = frozenset(rng.choice(tags, size=int(rng.integers(1, 3)), replace=False))
+        color = None if i % 9 == 0 else ["black", "blue", "red"][i % 3]
+        records.append(Record(Path(f"{i}.jpg"), {"color": color,
+                                                 "category": ["dress", "jeans"][i % 2],
+                                                 "tags": picked}))
+    split = split_records(records, heads)
+    assert len(split.val) >= 6 and len(split.test) >= 12  # about 8 and 17
+    assert len(split.train) + len(split.val) + len(split.test) == 84
+
+
+def test_strata_of_one_image_still_fill_the_splits():
+    """When every stratum is too small to round to an image, the rounding is carried."""
+    from fashionnet.data.splits import _allocate
+
+    counts = _allocate([1] * 84, 0.2, 0.1)
+    assert sum(t for t, _ in counts) == 17 and sum(v for _, v in counts) == 8
+    assert _allocate([350, 340], 0.2, 0.1) == [(70, 35), (68, 34)]  # big strata: as before
 
 
 def test_recipe_mode_uses_test_as_validation():

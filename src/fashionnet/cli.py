@@ -134,6 +134,10 @@ def cmd_train(args) -> int:
     if not Path(config.dataset).exists():  # before the seconds that importing TensorFlow takes
         raise FashionNetError(f"{config.dataset}: dataset not found (expected a folder or a "
                               f"manifest)")
+    from fashionnet.outputs import check_destination, dataset_inputs
+
+    check_destination(args.output, dataset_inputs(config.dataset, config.path_column),
+                      overwrite=args.overwrite)
     if args.workers is not None or args.address:
         from fashionnet.cluster.training import train_on_ray
 
@@ -196,7 +200,8 @@ def cmd_classify(args) -> int:
         args.annotate.mkdir(parents=True, exist_ok=True)
         claim_output(args.annotate, "classify --annotate")
     started = time.perf_counter()
-    predictor = load(_model_or_default(args.model), backend=args.backend)
+    predictor = load(_model_or_default(args.model), backend=args.backend,
+                     precision="int8" if args.int8 else "auto")
     predictor.batch_size = args.batch_size
     if args.threshold is not None:
         predictor.heads = [dataclasses.replace(h, threshold=args.threshold) if h.multi else h
@@ -360,13 +365,21 @@ def cmd_init_config(args) -> int:
 def cmd_export(args) -> int:
     from fashionnet.extras import keras_modules, require
 
+    if args.int8 and not args.format:  # quantize the existing model.onnx: no Keras needed
+        require("fashionnet export --int8", "export", "onnx", "onnxruntime")
+        from fashionnet.runtime.export import export_int8
+
+        print(f"wrote {export_int8(args.model, args.calibration)}")
+        return 0
     needs = keras_modules() + (["tf2onnx", "onnx", "onnxruntime"]
                                if "onnx" in (args.format or ["onnx"]) else ["tensorflow"])
     require("fashionnet export", "export", *needs)
-    from fashionnet.runtime.export import export
+    from fashionnet.runtime.export import export, export_int8
 
     for path in export(args.model, formats=args.format):
         print(f"wrote {path}")
+    if args.int8:
+        print(f"wrote {export_int8(args.model, args.calibration)}")
     return 0
 
 
@@ -378,12 +391,16 @@ def cmd_serve(args) -> int:
     from fashionnet.server.app import serve
 
     for name in ("max_bytes", "max_request_bytes", "max_buffered_bytes", "max_pixels",
-                 "max_batch", "request_timeout", "read_timeout", "upload_timeout"):
+                 "max_batch", "request_timeout", "read_timeout", "upload_timeout",
+                 "model_batch"):
         value = getattr(args, name)
         if not math.isfinite(value) or value <= 0:  # NaN passes every comparison
             raise FashionNetError(f"--{name.replace('_', '-')} must be a finite positive "
                                   f"number, not {value}")
-    for name in ("workers", "queue"):
+    if not math.isfinite(args.max_batch_delay_ms) or not 0 <= args.max_batch_delay_ms <= 1000:
+        raise FashionNetError(f"--max-batch-delay-ms must be from 0 to 1000, not "
+                              f"{args.max_batch_delay_ms}")
+    for name in ("workers", "queue", "batch_queue", "model_threads"):
         if getattr(args, name) < 0:
             raise FashionNetError(f"--{name} must be 0 (automatic) or more, not "
                                   f"{getattr(args, name)}")
@@ -394,6 +411,9 @@ def cmd_serve(args) -> int:
           max_pixels=args.max_pixels, max_batch=args.max_batch, workers=args.workers,
           queue=args.queue, request_timeout=args.request_timeout,
           read_timeout=args.read_timeout, upload_timeout=args.upload_timeout,
+          model_batch=args.model_batch, max_batch_delay_ms=args.max_batch_delay_ms,
+          batch_queue=args.batch_queue, model_threads=args.model_threads,
+          precision="int8" if args.int8 else "auto",
           backend=args.backend, access_log_enabled=not args.no_access_log)
     return 0
 
@@ -463,6 +483,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--strict", action="store_true", help="stop at the first unreadable image")
     p.add_argument("--backend", choices=["auto", "onnx", "keras"], default="auto",
                    help="auto: model.onnx with onnxruntime when both exist, else Keras")
+    p.add_argument("--int8", action="store_true",
+                   help="run model.int8.onnx (`fashionnet export MODEL --int8`)")
     p.add_argument("--engine", choices=["local", "ray"], default="local",
                    help="ray: label INPUT with Ray Data into Parquet shards (extra cluster)")
     p.add_argument("--output", metavar="OUT_DIR",  # a str: Path would collapse s3:// to s3:/
@@ -519,6 +541,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", type=Path, help="bundle folder; the export is written into it")
     p.add_argument("--format", action="append", choices=["onnx", "savedmodel"],
                    help="repeatable (default: onnx)")
+    p.add_argument("--int8", action="store_true",
+                   help="also write model.int8.onnx, model.onnx quantized to int8 (ONNX Runtime "
+                        "static quantization); alone, quantizes the existing model.onnx")
+    p.add_argument("--calibration", type=Path, metavar="DIR",
+                   help="with --int8: images to calibrate activation ranges on (default: the "
+                        "bundle's training split, or its config's dataset)")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("serve", help="HTTP API and web page")
@@ -536,9 +564,22 @@ def build_parser() -> argparse.ArgumentParser:
                    help="width x height per image, checked before decoding")
     p.add_argument("--max-batch", type=int, default=32, help="images per batch request")
     p.add_argument("--workers", type=int, default=0,
-                   help="decode + inference threads (default: one per CPU core)")
+                   help="image decoding threads (default: one per CPU core)")
     p.add_argument("--queue", type=int, default=0,
-                   help="requests waiting for a worker before 503 (default: 4 per worker)")
+                   help="requests waiting for a decoding thread before 503 (default: 32 per "
+                        "worker)")
+    p.add_argument("--model-batch", type=int, default=32, metavar="N",
+                   help="dynamic batching: at most N images per model call, from concurrent "
+                        "requests")
+    p.add_argument("--max-batch-delay-ms", type=float, default=2.0, metavar="MS",
+                   help="how long a model call may wait for images still being decoded (never "
+                        "when no other request is on its way; 0: never wait)")
+    p.add_argument("--batch-queue", type=int, default=0, metavar="N",
+                   help="images waiting for the model before 503 (default: 4 model batches)")
+    p.add_argument("--model-threads", type=int, default=0, metavar="N",
+                   help="ONNX Runtime threads for the model (default: one per CPU core)")
+    p.add_argument("--int8", action="store_true",
+                   help="run model.int8.onnx (`fashionnet export MODEL --int8`)")
     p.add_argument("--request-timeout", type=float, default=30.0,
                    help="seconds for decode + inference, queue included (else 503)")
     p.add_argument("--read-timeout", type=float, default=15.0,

@@ -214,11 +214,14 @@ def render_markdown(report: dict) -> str:
     for name, h in report["heads"].items():
         lines.append(f"| {name} | {percent(h['accuracy'])} | {percent(h.get('macro_f1'))} | "
                      f"{percent(h.get('ece_uncalibrated'))} | {percent(h.get('ece'))} |")
+    fitted = any(h.get("temperature", 1.0) != 1.0 for h in report["heads"].values())
     lines += ["", "ECE (expected calibration error): how far the confidence the model states is "
               "from how often it is right, averaged over confidence bins (0% = a prediction "
               "made with 80% confidence is right 80% of the time). \"Before calibration\" is "
-              "the raw softmax, \"after\" with the temperature fitted on the validation "
-              "split."]
+              "the raw softmax, \"after\" " + (
+                  "with the temperature fitted on the validation split." if fitted else
+                  "the same: this model has no fitted temperature (its run had no validation "
+                  "split, or calibration was off).")]
     lines += ["", f"**Exact match** (all heads right): {percent(report['exact_match'])}"]
     if report.get("partner_swaps", {}).get("unseen_rows"):
         lo, hi = report["unseen_exact_match_ci95"]

@@ -70,6 +70,34 @@ def require(what: str, extra: str, *modules: str) -> None:
 
 def require_training(what: str) -> None:
     require(what, "train", *keras_modules(), "matplotlib")
+    import_keras_quietly()
+
+
+def import_keras_quietly() -> None:
+    """Import Keras (and TensorFlow) with the C++ start-up lines silenced.
+
+    TensorFlow's absl logging prints "All log messages before absl::InitializeLog()" and a
+    oneDNN notice to file descriptor 2 at import, whatever TF_CPP_MIN_LOG_LEVEL says; a user
+    of the CLI cannot act on them. Python-level errors still surface as exceptions.
+    """
+    import sys
+
+    if "keras" in sys.modules:
+        return
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError):  # no real fd 2 (some embedded interpreters)
+        import keras  # noqa: F401
+        return
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+        import keras  # noqa: F401
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 def require_cluster(what: str) -> None:

@@ -12,7 +12,7 @@ TensorFlow import), else the Keras model.
 from __future__ import annotations
 
 import dataclasses
-import os
+from collections import deque
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -25,9 +25,13 @@ from fashionnet.data.sources import IMAGE_SUFFIXES, image_files
 from fashionnet.errors import FashionNetError
 from fashionnet.heads import HeadSpec
 from fashionnet.metrics import apply_temperature
-from fashionnet.runtime.runners import KerasRunner, OnnxRunner, Runner, onnx_available
+from fashionnet.runtime.runners import KerasRunner, OnnxRunner, Runner, cores, onnx_available
 
 BACKENDS = ("auto", "onnx", "keras")
+#: fp32: model.onnx; int8: model.int8.onnx (`fashionnet export --int8`); auto: fp32 (see
+#: results/int8.md for what int8 changes).
+PRECISIONS = ("auto", "fp32", "int8")
+INT8_FILE = "model.int8.onnx"
 __all__ = ["BACKENDS", "IMAGE_SUFFIXES", "Prediction", "Predictor", "expand_inputs", "load"]
 
 
@@ -78,24 +82,32 @@ class Predictor:
 
     def __init__(self, bundle: Bundle, backend: str = "auto", calibrated: bool = True,
                  batch_size: int = 64, max_pixels: int = DEFAULT_MAX_PIXELS,
-                 threads: int | None = None):
+                 threads: int | None = None, precision: str = "auto", spin: bool = True):
         if backend not in BACKENDS:
             raise FashionNetError(f"backend must be one of {BACKENDS}, not {backend!r}")
+        if precision not in PRECISIONS:
+            raise FashionNetError(f"precision must be one of {PRECISIONS}, not {precision!r}")
+        self.precision = "int8" if precision == "int8" else "fp32"
         self.bundle = bundle
         self.heads = bundle.heads
         self.batch_size = batch_size
         self.max_pixels = max_pixels
         self.temperatures = bundle.temperatures if calibrated else {}
         outputs = [h.output_name for h in self.heads]
-        use_onnx = backend == "onnx" or (
-            backend == "auto" and _present(bundle.onnx_path) and onnx_available())
+        onnx_path = bundle.path / INT8_FILE if self.precision == "int8" else bundle.onnx_path
+        if self.precision == "int8" and backend == "keras":
+            raise FashionNetError("--int8 runs the quantized ONNX model: use --backend onnx "
+                                  "or auto")
+        use_onnx = backend == "onnx" or self.precision == "int8" or (
+            backend == "auto" and _present(onnx_path) and onnx_available())
         if use_onnx:
-            if not _present(bundle.onnx_path):
-                raise FashionNetError(f"{bundle.onnx_path}: missing; run `fashionnet export "
-                                      f"{bundle.path}` first")
+            if not _present(onnx_path):
+                flag = " --int8" if self.precision == "int8" else ""
+                raise FashionNetError(f"{onnx_path}: missing; run `fashionnet export "
+                                      f"{bundle.path}{flag}` first")
             # threads: a process that shares its machine (a Ray actor per core) caps ONNX
-            # Runtime's pool, which otherwise takes every core.
-            self.runner: Runner = OnnxRunner(bundle.onnx_path, outputs, threads=threads)
+            # Runtime's pool, which otherwise takes every core; spin: see session_options.
+            self.runner: Runner = OnnxRunner(onnx_path, outputs, threads=threads, spin=spin)
         else:
             if not _present(bundle.keras_path):
                 raise FashionNetError(f"{bundle.keras_path}: missing from the bundle")
@@ -103,7 +115,7 @@ class Predictor:
                 self.runner = KerasRunner(bundle.keras_path, outputs)
             except ImportError as exc:
                 raise FashionNetError(_no_keras(bundle, backend, exc)) from None
-        self._check_model(bundle.onnx_path if use_onnx else bundle.keras_path)
+        self._check_model(onnx_path if use_onnx else bundle.keras_path)
 
     def _check_model(self, model_path: Path) -> None:
         """The model must match labels.json: input size, and one output unit per class."""
@@ -130,10 +142,8 @@ class Predictor:
         """
         size = self.bundle.preprocessing.size
         blank = np.full((1, size, size, 3), 255, np.uint8)
-        noise = np.random.default_rng(0).integers(0, 256, (2, size, size, 3), dtype=np.uint8)
         try:
             probs = self.predict_probabilities(blank)
-            raw = self.predict_probabilities(np.concatenate([blank, noise]), calibrated=False)
         except FashionNetError:
             raise
         except Exception as exc:
@@ -147,11 +157,25 @@ class Predictor:
             if not np.isfinite(p).all():
                 raise FashionNetError(f"{self.bundle.path}: head {head.name!r} answered "
                                       f"non-finite probabilities on a blank image")
+        self.check_head_kinds()
+
+    def check_head_kinds(self) -> None:
+        """Each head's kind in labels.json must match the model's output: a softmax's rows sum
+        to 1 whatever the image, independent sigmoids' do not. A labels.json whose head kind
+        was switched would otherwise read one as the other without a word."""
+        size = self.bundle.preprocessing.size
+        images = np.random.default_rng(0).integers(0, 256, (3, size, size, 3), dtype=np.uint8)
+        images[0] = 255
+        try:
+            raw = self.predict_probabilities(images, calibrated=False)
+        except Exception:  # noqa: BLE001 - a model that cannot answer fails where it is used
+            return
         for i, (head, p) in enumerate(zip(self.heads, raw)):
-            # A softmax's rows sum to 1 whatever the image; independent sigmoids do not. A
-            # labels.json whose head kind was switched would read one as the other silently.
+            if len(head.classes) < 2 or p.shape != (3, len(head.classes)) \
+                    or not np.isfinite(p).all():
+                continue  # shape and NaN problems have their own, clearer errors
             softmax = bool(np.allclose(p.sum(axis=1), 1.0, rtol=0, atol=1e-5))
-            if len(head.classes) > 1 and softmax == head.multi:
+            if softmax == head.multi:
                 raise FashionNetError(
                     f"{self.bundle.path / 'labels.json'}: field 'heads[{i}].kind' says "
                     f"{head.kind!r} but the model's {head.output_name!r} is "
@@ -204,8 +228,14 @@ class Predictor:
                 for i, src in enumerate(sources)]
 
     def predict_files(self, paths: Sequence[str | Path], strict: bool = False,
-                      progress: bool = False) -> list[Prediction]:
-        """One Prediction per path, in order; unreadable files get ``error`` (or raise if strict)."""
+                      progress: bool = False, workers: int | None = None) -> list[Prediction]:
+        """One Prediction per path, in order; unreadable files get ``error`` (or raise if strict).
+
+        Decoding overlaps inference: ``workers`` threads (default: one per core; Pillow lets go
+        of the GIL while it decodes and resizes) keep up to two batches decoded ahead while the
+        model runs the current one, so neither waits for the other.
+        """
+        paths = list(paths)
         results: list[Prediction] = []
 
         def decode(path):
@@ -216,17 +246,35 @@ class Predictor:
                     raise
                 return str(exc)
 
-        with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
-            for chunk in _chunks(list(paths), self.batch_size, progress):
-                decoded = list(pool.map(decode, chunk))
-                images = [d for d in decoded if not isinstance(d, str)]
-                ok = [i for i, d in enumerate(decoded) if not isinstance(d, str)]
-                errors = {i: d for i, d in enumerate(decoded) if isinstance(d, str)}
-                predicted = (self.predict_arrays(np.stack(images), [str(chunk[i]) for i in ok])
-                             if images else [])
-                by_index = dict(zip(ok, predicted))
-                results.extend(by_index.get(i) or Prediction(str(p), error=errors[i])
-                               for i, p in enumerate(chunk))
+        window = 2 * self.batch_size
+        pending: deque = deque()
+        with ThreadPoolExecutor(max_workers=max(1, workers or cores())) as pool:
+            queued = 0
+
+            def top_up(limit: int) -> None:
+                nonlocal queued
+                while queued < len(paths) and len(pending) < limit:
+                    pending.append(pool.submit(decode, paths[queued]))
+                    queued += 1
+
+            try:
+                for chunk in _chunks(paths, self.batch_size, progress):
+                    top_up(window)
+                    decoded = [pending.popleft().result() for _ in chunk]
+                    top_up(window)  # the next batches decode while the model runs this one
+                    images = [d for d in decoded if not isinstance(d, str)]
+                    ok = [i for i, d in enumerate(decoded) if not isinstance(d, str)]
+                    errors = {i: d for i, d in enumerate(decoded) if isinstance(d, str)}
+                    predicted = (self.predict_arrays(np.stack(images),
+                                                     [str(chunk[i]) for i in ok])
+                                 if images else [])
+                    by_index = dict(zip(ok, predicted))
+                    results.extend(by_index.get(i) or Prediction(str(p), error=errors[i])
+                                   for i, p in enumerate(chunk))
+            except BaseException:
+                for future in pending:
+                    future.cancel()
+                raise
         return results
 
 
@@ -259,11 +307,13 @@ def _chunks(items: list, size: int, progress: bool) -> Iterator[list]:
 
 
 def load(path: str | Path, backend: str = "auto", calibrated: bool = True,
-         threads: int | None = None) -> Predictor:
-    """Load a bundle folder into a `Predictor` (``threads``: ONNX Runtime's, default all cores)."""
+         threads: int | None = None, precision: str = "auto", spin: bool = True) -> Predictor:
+    """Load a bundle folder into a `Predictor` (``threads``: ONNX Runtime's, default all cores;
+    ``precision``: fp32 model.onnx or int8 model.int8.onnx; ``spin``: see
+    `fashionnet.runtime.runners.session_options`)."""
     predictor = Predictor(load_bundle(path), backend=backend, calibrated=calibrated,
-                          threads=threads)
-    predictor.self_test()
+                          threads=threads, precision=precision, spin=spin)
+    predictor.check_head_kinds()
     return predictor
 
 

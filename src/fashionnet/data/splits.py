@@ -131,6 +131,33 @@ def _warn_if_too_small(n: int, mode: str, n_val: int, n_test: int, val_fraction:
             "no best epoch or calibration is chosen")
 
 
+def _allocate(sizes: Sequence[int], test_fraction: float, val_fraction: float
+              ) -> list[tuple[int, int]]:
+    """(test, validation) image counts per stratum: each stratum's share rounded, as always
+    (the splits of earlier runs stay the same); when that leaves a split empty that the whole
+    dataset can fill (many strata of one or two images), the rounding is carried from one
+    stratum to the next instead, so the totals come out right. Every stratum of two or more
+    images keeps one to train on."""
+    counts = [(round(n * test_fraction), round(n * val_fraction)) for n in sizes]
+    total = sum(sizes)
+    short = [(sum(c[k] for c in counts) == 0 and round(total * f) > 0)
+             for k, f in enumerate((test_fraction, val_fraction))]
+    if not any(short):
+        return counts
+    counts, carry_test, carry_val = [], 0.0, 0.0
+    for n in sizes:
+        want_test, want_val = n * test_fraction + carry_test, n * val_fraction + carry_val
+        n_test, n_val = int(want_test + 0.5), int(want_val + 0.5)
+        while n_test + n_val >= n and n_test + n_val > 0 and n > 1:
+            if n_val >= n_test and n_val:
+                n_val -= 1
+            else:
+                n_test -= 1
+        carry_test, carry_val = want_test - n_test, want_val - n_val
+        counts.append((n_test, n_val))
+    return counts
+
+
 def split_records(records: Sequence, heads: Sequence[HeadSpec], *, mode: str = "standard",
                   val_fraction: float = 0.1, test_fraction: float = 0.2, seed: int = 42,
                   groups: np.ndarray | None = None, holdout: Sequence[str] = ()) -> Split:
@@ -145,24 +172,30 @@ def split_records(records: Sequence, heads: Sequence[HeadSpec], *, mode: str = "
         check_holdout(records, heads, holdout)
     groups = np.arange(len(records)) if groups is None else np.asarray(groups)
     rng = np.random.default_rng(seed)
+    # Strata: the single-label heads' combination. A multi-label cell (party+work) or a blank
+    # one would split a small manifest into dozens of strata of one or two rows, each rounded
+    # to no validation image at all.
+    single = [h for h in heads if not h.multi]
     by_combo: dict[str, list[int]] = defaultdict(list)
+    held: list[int] = []
     for i, record in enumerate(records):
-        by_combo[combination(record.labels, heads)].append(i)
+        if holdout and combination(record.labels, heads) in holdout:
+            held.append(i)
+        else:
+            by_combo[combination(record.labels, single)].append(i)
     train: list[int] = []
     val: list[int] = []
     test: list[int] = []
-    for combo in sorted(by_combo):
+    test.extend(held)
+    strata = sorted(by_combo)
+    counts = _allocate([len(by_combo[c]) for c in strata], test_fraction, val_fraction)
+    for combo, (n_test, n_val) in zip(strata, counts):
         indices = by_combo[combo]
-        if combo in holdout:
-            test.extend(indices)
-            continue
         members: dict[int, list[int]] = defaultdict(list)
         for i in indices:
             members[int(groups[i])].append(i)
         order = list(members)
         rng.shuffle(order)
-        n = len(indices)
-        n_test, n_val = round(n * test_fraction), round(n * val_fraction)
         taken = 0
         for g in order:
             target = test if taken < n_test else val if taken < n_test + n_val else train

@@ -38,6 +38,9 @@ class KerasRunner:
     name = "keras"
 
     def __init__(self, path: Path, output_names: Sequence[str]):
+        from fashionnet.extras import import_keras_quietly
+
+        import_keras_quietly()
         import keras
 
         import fashionnet.model.layers  # noqa: F401  (registers the custom objects)
@@ -80,13 +83,12 @@ class KerasRunner:
 class OnnxRunner:
     name = "onnx"
 
-    def __init__(self, path: Path, output_names: Sequence[str], threads: int | None = None):
+    def __init__(self, path: Path, output_names: Sequence[str], threads: int | None = None,
+                 spin: bool = True):
         import onnxruntime as ort
 
-        options = ort.SessionOptions()
-        if threads:
-            options.intra_op_num_threads = threads
         check_regular_file(path, "ONNX model file")
+        options = session_options(threads, spin)
         try:
             self.session = ort.InferenceSession(str(path), options,
                                                 providers=["CPUExecutionProvider"])
@@ -106,6 +108,41 @@ class OnnxRunner:
 
     def __call__(self, batch: np.ndarray) -> list[np.ndarray]:
         return self.session.run(self.outputs, {self.input: batch.astype(np.float32)})
+
+
+def cores() -> int:
+    """CPU cores this process may run on (its affinity, not the machine's count)."""
+    import os
+
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (
+        os.cpu_count() or 1)
+
+
+def session_options(threads: int | None = None, spin: bool = True):
+    """ONNX Runtime session options, set on purpose rather than left to defaults.
+
+    - ``intra_op_num_threads``: ``threads``, else one per core this process may use (ONNX
+      Runtime's default counts the machine's physical cores, ignoring the affinity mask a
+      container or ``taskset`` sets). A caller sharing the machine (a Ray actor per core)
+      passes 1.
+    - ``inter_op_num_threads`` = 1 and sequential execution: the network is one chain of
+      convolutions, with nothing for a second pool to run in parallel; it would only add
+      threads competing for the same cores.
+    - ``allow_spinning``: ONNX Runtime's workers spin after each op waiting for the next one,
+      which shaves a little latency off back-to-back calls but burns a core while idle. A
+      server whose decode threads need the CPU between model calls passes ``spin=False``.
+    - all graph optimisations (the default level, stated).
+    """
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = max(1, int(threads or cores()))
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if not spin:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return options
 
 
 def onnx_available() -> bool:
