@@ -40,7 +40,7 @@ def test_batch_is_answered_per_image(client, tiny_bundle, monkeypatch):
     predictor = client.app.state.predictor
     original = predictor.predict_arrays
     monkeypatch.setattr(predictor, "predict_arrays",
-                        lambda images, names: calls.append(len(images)) or original(images, names))
+                        lambda images, *a: calls.append(len(images)) or original(images, *a))
     files = [("files", ("a.jpg", jpeg(), "image/jpeg")),
              ("files", ("bad.jpg", b"not an image", "image/jpeg")),
              ("files", ("c.jpg", jpeg((0, 0, 200)), "image/jpeg"))]

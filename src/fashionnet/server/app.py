@@ -13,8 +13,13 @@ Every bad input gets a 4xx JSON ``{"error": ...}``; unexpected failures a 500 wi
 Limits (see `ServerLimits`; README "Server limits"): uploads are refused while they stream in
 (per image, per request, and for all requests in flight together), a silent client is cut off
 after ``read_timeout``, images over ``max_pixels`` are refused from their header before any
-decoding, and decoding plus inference run in a worker pool off the event loop, with a bounded
-queue (503 + Retry-After when full) and a per-request time limit.
+decoding, and decoding runs in a worker pool off the event loop, with a bounded queue (503 +
+Retry-After when full) and a per-request time limit.
+
+Inference is batched dynamically (`fashionnet.server.batching`): one model thread runs the
+images of every request that is ready as one call of at most ``model_batch`` images; it waits
+up to ``max_batch_delay_ms`` for more only while other requests are still being decoded, so a
+lone request never waits. Its queue is bounded too (``batch_queue`` images; 503 when full).
 """
 
 from __future__ import annotations
@@ -41,6 +46,7 @@ from starlette.staticfiles import StaticFiles
 from fashionnet.data.images import SERVICE_MAX_PIXELS, ImageDecodeError, ImageTooLargeError
 from fashionnet.errors import FashionNetError
 from fashionnet.inference import Predictor, load
+from fashionnet.server.batching import Batcher, BatcherClosed, BatcherFull
 from fashionnet.server.uploads import ByteBudget, Reader, UploadError, read_multipart, read_raw
 
 log = logging.getLogger("fashionnet.server")
@@ -60,15 +66,22 @@ class ServerLimits:
     max_buffered_bytes: int = 256_000_000  # all uploads in flight together
     max_pixels: int = SERVER_MAX_PIXELS    # width x height, from the header, before decoding
     max_batch: int = 32                    # images in one batch request
-    workers: int = 0                       # decode + inference threads; 0: one per core
-    queue: int = 0                         # requests waiting for a worker; 0: 4 per worker
+    workers: int = 0                       # decode threads; 0: one per core
+    queue: int = 0                         # requests waiting for a worker; 0: 32 per worker
     request_timeout: float = 30.0          # seconds for decode + inference, queue included
     read_timeout: float = 15.0             # seconds a client may stay silent mid-upload
     upload_timeout: float = 60.0           # seconds the whole request body may take
+    model_batch: int = 32                  # images per model call (dynamic batching)
+    max_batch_delay_ms: float = 2.0        # wait for images being decoded; 0: never wait
+    batch_queue: int = 0                   # images queued for the model; 0: 4 model batches
+    model_threads: int = 0                 # ONNX Runtime intra-op threads; 0: one per core
 
     def resolved(self) -> ServerLimits:
-        workers = self.workers or max(1, os.cpu_count() or 1)
-        return dataclasses.replace(self, workers=workers, queue=self.queue or 4 * workers)
+        cores = _cores()
+        workers = self.workers or cores
+        return dataclasses.replace(self, workers=workers, queue=self.queue or 32 * workers,
+                                   batch_queue=self.batch_queue or 4 * self.model_batch,
+                                   model_threads=self.model_threads or cores)
 
     def public(self) -> dict:
         return dataclasses.asdict(self)
@@ -103,7 +116,7 @@ class WorkerPool:
         with self._lock:
             self.pending -= 1
 
-    async def run(self, fn, *args):
+    async def run(self, fn, *args, timeout: float | None = None):
         with self._lock:
             if self.pending >= self.capacity:
                 raise ApiError(503, "server busy: every worker and queue slot is taken; retry "
@@ -119,21 +132,31 @@ class WorkerPool:
         try:
             # shield: a timeout must not cancel the wrapped future before we flag it ourselves
             return await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(future)),
-                                          self.timeout)
+                                          self.timeout if timeout is None else timeout)
         except (asyncio.TimeoutError, TimeoutError):
             stop.set()
             future.cancel()  # still queued: never starts, and its slot is released now
-            raise ApiError(503, f"the request took longer than the limit of "
-                                f"{self.timeout:g} s; retry later", retry_after=5) from None
+            raise _too_slow(self.timeout) from None
 
     def close(self) -> None:
         self.executor.shutdown(wait=False, cancel_futures=True)
 
 
+def _too_slow(limit: float) -> ApiError:
+    return ApiError(503, f"the request took longer than the limit of {limit:g} s; retry later",
+                    retry_after=5)
+
+
+def _cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (
+        os.cpu_count() or 1)
+
+
 def create_app(model: str | Path | Predictor, *, max_bytes: int = 10_000_000,
                max_pixels: int = SERVER_MAX_PIXELS, max_batch: int = 32,
                backend: str = "auto", access_log_enabled: bool = True,
-               limits: ServerLimits | None = None, **limit_options) -> FastAPI:
+               limits: ServerLimits | None = None, precision: str = "auto",
+               **limit_options) -> FastAPI:
     """The app. Limits come from ``limits`` or keyword options (see `ServerLimits`).
 
     Loading checks the bundle against its model and runs one real prediction; a model that
@@ -141,21 +164,35 @@ def create_app(model: str | Path | Predictor, *, max_bytes: int = 10_000_000,
     """
     limits = (limits or ServerLimits(max_bytes=max_bytes, max_pixels=max_pixels,
                                      max_batch=max_batch, **limit_options)).resolved()
-    predictor = model if isinstance(model, Predictor) else load(model, backend=backend)
+    if isinstance(model, Predictor):
+        predictor = model
+    else:
+        # One model call at a time (the batcher's thread), with every core: ONNX Runtime's
+        # threads sleep between calls instead of spinning, so the decode threads get the CPU.
+        predictor = load(model, backend=backend, precision=precision,
+                         threads=limits.model_threads, spin=False)
     predictor.max_pixels = limits.max_pixels
+    predictor.batch_size = max(predictor.batch_size, limits.model_batch)
     predictor.self_test()
     bundle = predictor.bundle
-    # Keras models are not safe to call from several threads; ONNX Runtime sessions are.
-    model_lock = threading.Lock() if predictor.backend == "keras" else None
     pool = WorkerPool(limits.workers, limits.queue, limits.request_timeout)
+
+    def infer(images: np.ndarray) -> list:
+        # Only the batcher's one thread calls the model: no lock needed, Keras included.
+        return predictor.predict_arrays(images)
+
+    batcher = Batcher(infer, max_batch=limits.model_batch,
+                      max_delay=limits.max_batch_delay_ms / 1000, capacity=limits.batch_queue)
     budget = ByteBudget(limits.max_buffered_bytes)
     app = FastAPI(title="FashionNet", version="0.1.0", docs_url=None, redoc_url=None,
                   description="Multi-output image classification: one label set per head.")
     app.state.predictor = predictor
     app.state.limits = limits
     app.state.pool = pool
+    app.state.batcher = batcher
     app.state.budget = budget
     app.state.ready = True  # the start-up prediction above succeeded
+    app.router.on_shutdown.append(batcher.close)
     app.router.on_shutdown.append(pool.close)
 
     @app.exception_handler(ApiError)
@@ -204,38 +241,64 @@ def create_app(model: str | Path | Predictor, *, max_bytes: int = 10_000_000,
             status = 413 if isinstance(exc, ImageTooLargeError) else 400
             raise ApiError(status, f"{name}: {reason}") from None
 
-    def predict_arrays(images: list[np.ndarray], names: list[str]) -> list[dict]:
-        if model_lock is None:
-            predictions = predictor.predict_arrays(np.stack(images), names)
-        else:
-            with model_lock:
-                predictions = predictor.predict_arrays(np.stack(images), names)
-        return [p.to_dict() for p in predictions]
-
     def job(stop: threading.Event, files: list[tuple[str, bytes]]
-            ) -> list[dict | tuple[str, ApiError]]:
-        """Worker thread: decode every image (failures per image), then one model call;
-        stops between images once ``stop`` is set (the request timed out)."""
-        results: list[dict | tuple[str, ApiError] | None] = [None] * len(files)
-        images, names, where = [], [], []
+            ) -> tuple[np.ndarray | None, list[int], dict[int, ApiError]]:
+        """Worker thread: decode every image (failures per image) into one array; stops
+        between images once ``stop`` is set (the request timed out)."""
+        images, where, failed = [], [], {}
         for i, (name, data) in enumerate(files):
             if stop.is_set():
-                return []
+                return None, [], {}
             try:
                 images.append(decode(name, data))
-                names.append(name)
                 where.append(i)
             except ApiError as exc:
-                results[i] = (name, exc)
-        if images and not stop.is_set():
-            for i, result in zip(where, predict_arrays(images, names)):
-                results[i] = result
-        return results  # type: ignore[return-value]
+                failed[i] = exc
+        return (np.stack(images) if images else None), where, failed
+
+    async def classify(files: list[tuple[str, bytes]]) -> list[dict | tuple[str, ApiError]]:
+        """Decode in the pool, then the model through the batcher; one result per file."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + limits.request_timeout
+        try:
+            slot = batcher.reserve(len(files))
+        except BatcherFull:
+            raise ApiError(503, "server busy: the model's queue is full; retry shortly",
+                           retry_after=1) from None
+        except BatcherClosed:
+            raise ApiError(503, "the server is shutting down; retry shortly",
+                           retry_after=1) from None
+        try:
+            images, where, failed = await pool.run(job, files,
+                                                   timeout=deadline - loop.time())
+            results: list = [None] * len(files)
+            for i, exc in failed.items():
+                results[i] = (files[i][0], exc)
+            if images is None:
+                slot.cancel()
+                return results
+            future = slot.submit(images)
+            left = deadline - loop.time()
+            if left <= 0:
+                raise TimeoutError
+            predictions = await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(future)),
+                                                 left)
+        except (asyncio.TimeoutError, TimeoutError):
+            raise _too_slow(limits.request_timeout) from None
+        except BatcherClosed:
+            raise ApiError(503, "the server is shutting down; retry shortly",
+                           retry_after=1) from None
+        finally:
+            slot.cancel()  # a no-op once answered; else its place in the queue is freed now
+        for i, prediction in zip(where, predictions):
+            prediction.source = files[i][0]
+            results[i] = prediction.to_dict()
+        return results
 
     async def guarded(request: Request, field: str, many: bool):
         try:
             files = await uploads(request, field, many)
-            return await pool.run(job, files)
+            return await classify(files)
         except UploadError as exc:
             raise ApiError(exc.status, exc.message, exc.retry_after) from None
         except ClientDisconnect:
@@ -286,6 +349,10 @@ def create_app(model: str | Path | Predictor, *, max_bytes: int = 10_000_000,
         if not app.state.ready:
             return JSONResponse({"status": "starting"}, status_code=503)
         return {"status": "ok"}
+
+    @app.get("/v1/stats", summary="The dynamic batcher's counters: model calls, mean batch")
+    def stats() -> dict:
+        return {"batcher": batcher.stats(), "decode_pending": pool.pending}
 
     page = resources.files("fashionnet.server").joinpath("static/index.html").read_text()
 
@@ -381,7 +448,7 @@ def _upload_schema(field: str, many: bool) -> dict:
 
 
 def serve(model: str | Path, host: str = "127.0.0.1", port: int = 8000, *,
-          access_log_enabled: bool = True, **options) -> None:
+          access_log_enabled: bool = True, shutdown_grace: float = 3.0, **options) -> None:
     try:
         import uvicorn
     except ImportError:
@@ -392,7 +459,12 @@ def serve(model: str | Path, host: str = "127.0.0.1", port: int = 8000, *,
         logging.basicConfig(level=logging.INFO, format="%(message)s")
     logging.getLogger("fashionnet").setLevel(logging.INFO)
     limits = app.state.limits
-    print(f"serving {model} ({app.state.predictor.backend}) on http://{host}:{port}/ "
-          f"({limits.workers} workers, queue {limits.queue}, max {limits.max_pixels} pixels)")
+    print(f"serving {model} ({app.state.predictor.backend}, "
+          f"{app.state.predictor.precision}) on http://{host}:{port}/ "
+          f"({limits.workers} decode workers, queue {limits.queue}; model batches of up to "
+          f"{limits.model_batch}, wait {limits.max_batch_delay_ms:g} ms, queue "
+          f"{limits.batch_queue} images; max {limits.max_pixels} pixels)", flush=True)
+    # On SIGTERM uvicorn stops accepting, answers the requests in flight and closes idle
+    # keep-alive connections; whatever is still running after `shutdown_grace` seconds is cut.
     uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False,
-                timeout_keep_alive=5)
+                timeout_keep_alive=5, timeout_graceful_shutdown=shutdown_grace)
