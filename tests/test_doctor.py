@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from fashionnet.cli import main
 from fashionnet.errors import FashionNetError
@@ -39,6 +40,10 @@ def dirty(tmp_path_factory) -> Path:
     whole = (root / "black_shoes" / "0000.jpg").read_bytes()
     (root / "black_shoes" / "cut.jpg").write_bytes(whole[: len(whole) // 2])
     solid(root / "black_dress" / "night.png", (0, 0, 0), size=(48, 48))
+    # A cut-out product photo: a dark garment on a transparent backdrop (not a dark image).
+    cutout = np.zeros((48, 48, 4), np.uint8)
+    cutout[18:30, 18:30] = (20, 20, 20, 255)
+    Image.fromarray(cutout, "RGBA").save(root / "black_shoes" / "cutout.png")
     return root
 
 
@@ -215,3 +220,30 @@ def test_without_the_extra_one_line_names_the_install(monkeypatch, tmp_path, cap
 
     with pytest.raises(FashionNetError, match=r"fashionnet\[doctor\]"):
         run_doctor(tmp_path, tmp_path / "r")
+
+
+def test_png_cards_have_thumbnails_and_the_page_says_what_next(doctor_libs, report):
+    page = (report / "report.html").read_text()
+    dark = page[page.index("id='dark'"):]
+    dark = dark[:dark.index("<h2", 10)]
+    assert "night.png" in dark and "data:image/jpeg;base64," in dark and "(no image)" not in dark
+    steps = page[page.index("id='next'"):]
+    assert "manifest.csv" in steps and "exclude" in steps and "--allow-outside" in steps
+    assert "What to do next" in (report / "report.md").read_text()
+
+
+def test_a_transparent_cutout_is_not_called_dark(doctor_libs, report):
+    assert not any(p.endswith("cutout.png") for p in _flagged(_rows(report), "dark"))
+    assert any(p.endswith("night.png") for p in _flagged(_rows(report), "dark"))
+
+
+def test_a_png_thumbnail_in_a_fresh_process(tmp_path):
+    """The report opened thumbnails with a format list naming MPO, which this Pillow does not
+    register: every card came out as "(no image)"."""
+    import subprocess
+    import sys
+
+    solid(tmp_path / "a.png", (10, 200, 10), size=(64, 64))
+    code = ("import sys\nfrom pathlib import Path\nfrom fashionnet.doctor.report import "
+            "thumbnail\nsys.exit(0 if thumbnail(Path(sys.argv[1])) else 1)\n")
+    assert subprocess.run([sys.executable, "-c", code, str(tmp_path / "a.png")]).returncode == 0

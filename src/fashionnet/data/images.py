@@ -52,6 +52,10 @@ WHITE = (255, 255, 255)
 
 
 _OPENABLE = _openable_formats()
+#: The allowed formats this Pillow can open (MPO, for one, is not registered in every build):
+#: pass this, not ALLOWED_FORMATS, to ``Image.open(formats=...)``, which raises KeyError on a
+#: name it does not know.
+OPENABLE_FORMATS = _OPENABLE
 
 
 class ImageDecodeError(FashionNetError):

@@ -96,6 +96,8 @@ def image_quality(paths: Sequence[Path], indices: Sequence[int], keys: Sequence[
             continue
         for file, row in table[table[flag]].iterrows():
             i = by_file[str(file)]
+            if name == "dark" and _bright_on_white(Path(str(file))):
+                continue  # cleanvision reads transparent pixels as black
             issues.append(Issue(keys[i], name, 1.0 - float(row[score]), source="cleanvision"))
     sets = {kind: [[by_file[str(f)] for f in members]
                    for members in lab.info.get(kind, {}).get("sets", [])]
@@ -120,3 +122,21 @@ def _quiet(silent: bool):
     sink = io.StringIO()
     with contextlib.redirect_stderr(sink), contextlib.redirect_stdout(sink):
         yield
+
+
+def _bright_on_white(path: Path, threshold: float = 0.35) -> bool:
+    """Whether an image with transparency is not dark once flattened onto white, as training
+    and the model see it (a cut-out product photo on a transparent backdrop)."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            if im.mode not in ("RGBA", "LA", "PA") and "transparency" not in im.info:
+                return False
+            im.thumbnail((256, 256))
+            rgba = im.convert("RGBA")
+            flat = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+            flat.alpha_composite(rgba)
+            return float(np.asarray(flat.convert("L"), dtype=np.float32).mean()) / 255 > threshold
+    except Exception:  # noqa: BLE001 - unreadable: keep cleanvision's finding
+        return False

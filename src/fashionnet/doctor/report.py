@@ -11,12 +11,13 @@ import html
 import io
 import json
 import os
+import re
 from collections.abc import Callable
 from pathlib import Path
 
 from PIL import Image, ImageOps
 
-from fashionnet.data.images import ALLOWED_FORMATS, SERVICE_MAX_PIXELS
+from fashionnet.data.images import OPENABLE_FORMATS, SERVICE_MAX_PIXELS
 from fashionnet.doctor.issues import (
     EXCLUDED_BY_DEFAULT,
     FIELDS,
@@ -41,8 +42,9 @@ def write_report(folder: Path, result: DoctorResult, final: Path, *, shown: int 
     document = {**result.summary(), "score": "0 to 1, higher is worse", "issues": rows}
     (folder / "issues.json").write_text(json.dumps(document, indent=1) + "\n", encoding="utf-8")
     write_manifest(folder / "manifest.csv", result, final)
-    (folder / "report.md").write_text(render_markdown(result), encoding="utf-8")
-    (folder / "report.html").write_text(render_html(result, shown), encoding="utf-8")
+    (folder / "report.md").write_text(render_markdown(result, final), encoding="utf-8")
+    (folder / "report.html").write_text(render_html(result, shown, final=final),
+                                        encoding="utf-8")
 
 
 def exclusions(result: DoctorResult) -> dict[str, list[str]]:
@@ -81,7 +83,7 @@ def write_manifest(path: Path, result: DoctorResult, final: Path) -> None:
 def thumbnail(path: Path, side: int = 96, quality: int = 80) -> bytes | None:
     """A small JPEG of one image, aspect kept; None when it cannot be read."""
     try:
-        with Image.open(path, formats=ALLOWED_FORMATS) as im:
+        with Image.open(path, formats=OPENABLE_FORMATS) as im:
             if im.width * im.height > SERVICE_MAX_PIXELS:  # the doctor's decode cap
                 return None
             if im.format in ("JPEG", "MPO"):
@@ -128,7 +130,7 @@ def _describe(issue: Issue) -> str:
     return f"{issue.head}: {change}" if issue.head else change
 
 
-def render_markdown(result: DoctorResult) -> str:
+def render_markdown(result: DoctorResult, final: Path | None = None) -> str:
     total = len(result.paths)
     counts = result.counts()
     lines = [f"# Dataset doctor: `{result.dataset}`", "",
@@ -159,7 +161,7 @@ def render_markdown(result: DoctorResult) -> str:
                       + ", ".join(f"`{c}`" for c in matrix["empty"])
                       + ". A model trained on this data has to generalise to these."]
     for name, rows in _group_rows(result).items():
-        lines += ["", f"## {name} ({len(rows)} rows)", "", ISSUE_TYPES.get(name, ""), "",
+        lines += ["", f"## {_rows_title(name, rows)}", "", ISSUE_TYPES.get(name, ""), "",
                   "| score | path | head | given | suggested | source | detail |",
                   "| --- | --- | --- | --- | --- | --- | --- |"]
         for issue in rows[:MD_ROWS]:
@@ -167,10 +169,32 @@ def render_markdown(result: DoctorResult) -> str:
                          f"{issue.suggested} | {issue.source} | {_md_cell(issue.detail)} |")
         if len(rows) > MD_ROWS:
             lines.append(f"\n{len(rows) - MD_ROWS} more rows in `issues.csv`.")
-    lines += ["", "Feed back: `manifest.csv` lists every image with an `exclude` column "
-              "pre-filled for " + ", ".join(EXCLUDED_BY_DEFAULT) + " and extra exact copies; "
-              "edit it, then `fashionnet train --dataset REPORT/manifest.csv --allow-outside`."]
+    steps = next_steps(result, str(final) if final else "REPORT")
+    lines += ["", "## What to do next", "", *(f"{i}. {step}" for i, step in
+                                                 enumerate(steps, start=1))]
     return "\n".join(lines) + "\n"
+
+
+def next_steps(result: DoctorResult, report: str = "REPORT") -> list[str]:
+    """What a user does with the report, in order (Markdown inline code)."""
+    return [
+        f"Open `{report}/manifest.csv`: every image, one row each, with an `exclude` column "
+        f"already set for {', '.join(EXCLUDED_BY_DEFAULT)} and the extra exact copies.",
+        "Look at the images flagged above; set `exclude` to 1 for more, or back to empty for "
+        "those you want to keep; fix a wrong label in its column.",
+        f"Train on the edited manifest: `fashionnet train --dataset {report}/manifest.csv "
+        f"--allow-outside --output runs/cleaned` (its paths point at your images, outside "
+        f"the report folder). No image is deleted or moved.",
+        f"`{report}/issues.csv` has every finding, one row per image and head.",
+    ]
+
+
+def _rows_title(name: str, rows: list[Issue]) -> str:
+    """``label issue (12 images)`` or ``label issue (12 images, 14 rows)`` when an image has
+    findings for several heads: counts never mix images and rows without saying so."""
+    images = len({issue.path for issue in rows})
+    return (f"{name} ({images} image{'s' if images != 1 else ''}"
+            + (f", {len(rows)} rows" if len(rows) != images else "") + ")")
 
 
 def _md_cell(text: str, limit: int = 160) -> str:
@@ -191,7 +215,8 @@ margin:auto;max-width:140px;max-height:110px}.score{font-weight:bold}.muted{colo
 
 
 def render_html(result: DoctorResult, shown: int = SHOWN,
-                thumb: Callable[[Path], bytes | None] = thumbnail) -> str:
+                thumb: Callable[[Path], bytes | None] = thumbnail,
+                final: Path | None = None) -> str:
     esc = html.escape
     total = len(result.paths)
     counts = result.counts()
@@ -230,7 +255,7 @@ def render_html(result: DoctorResult, shown: int = SHOWN,
                        + ", ".join(f"<code>{esc(c)}</code>" for c in matrix["empty"])
                        + ". A model trained on this data has to generalise to these.</p>")
     for name, rows in _group_rows(result).items():
-        out.append(f"<h2 id='{name}'>{name} ({len(rows)} rows)</h2>"
+        out.append(f"<h2 id='{name}'>{esc(_rows_title(name, rows))}</h2>"
                    f"<p>{esc(ISSUE_TYPES.get(name, ''))}; worst first.</p><div class='grid'>")
         for issue in rows[:shown]:
             data = thumb(path_of[issue.path]) if issue.issue != "unreadable" else None
@@ -246,5 +271,9 @@ def render_html(result: DoctorResult, shown: int = SHOWN,
         out.append("</div>")
         if len(rows) > shown:
             out.append(f"<p class='muted'>{len(rows) - shown} more rows in issues.csv.</p>")
-    out.append("</body></html>")
+    out.append("<h2 id='next'>What to do next</h2><ol>")
+    for step in next_steps(result, str(final) if final else "REPORT"):
+        out.append("<li>" + re.sub(r"`([^`]*)`", r"<code>\1</code>", esc(step, quote=False))
+                   + "</li>")
+    out.append("</ol></body></html>")
     return "\n".join(out) + "\n"
