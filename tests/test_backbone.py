@@ -191,7 +191,7 @@ def _torch_shaped_state(model) -> dict[str, np.ndarray]:
 def small_lite0():
     from fashionnet.model.efficientnet_lite import efficientnet_lite0
 
-    return efficientnet_lite0(33, include_top=True)
+    return efficientnet_lite0(32, include_top=True)
 
 
 def test_load_weights_is_strict(small_lite0):
@@ -215,17 +215,18 @@ def test_the_stem_pads_like_the_pytorch_port(small_lite0):
     """lukemelas' static same padding (extra row and column at the end) == Keras "same"."""
     import keras
 
-    tensors = _torch_shaped_state(small_lite0)
     from fashionnet.model.efficientnet_lite import load_weights
 
+    tensors = _torch_shaped_state(small_lite0)
     load_weights(small_lite0, tensors)
-    image = np.random.default_rng(1).uniform(0, 255, (1, 33, 33, 3)).astype(np.float32)
+    image = np.random.default_rng(1).uniform(0, 255, (1, 32, 32, 3)).astype(np.float32)
     stem = keras.Model(small_lite0.input, small_lite0.get_layer("lite0_stem_conv").output)
     got = np.asarray(stem(image))[0]
     x = image[0] / 127.5 - 1.0
     weight = tensors["_conv_stem.weight"]  # (32, 3, 3, 3) OIHW
-    out = -(-33 // 2)
-    pad = max((out - 1) * 2 + 3 - 33, 0)
+    out = -(-32 // 2)
+    pad = max((out - 1) * 2 + 3 - 32, 0)  # Conv2dStaticSamePadding's formula
+    assert pad == 1  # all of it after the image: torch's symmetric padding=1 would differ
     x = np.pad(x, ((pad // 2, pad - pad // 2), (pad // 2, pad - pad // 2), (0, 0)))
     want = np.zeros((out, out, 32), np.float32)
     for i in range(out):
@@ -317,7 +318,7 @@ def test_features_are_cached_by_content_and_recomputed_when_bytes_change(tmp_pat
     again = extract_features(paths, backbone, ("plain", "mirror"), progress=False)
     assert again.computed == 0 and sum(calls) == 8
     np.testing.assert_array_equal(again.views["plain"], plain)
-    stored = sorted((cache_dir() / "features").rglob("*.npy"))  # conftest: a private cache
+    stored = sorted((cache_dir().parent / "features").rglob("*.npy"))  # conftest: a private cache
     assert len(stored) == 8 and {p.parent.parent.name for p in stored} == {
         backbone.folder("plain"), backbone.folder("mirror")}
     assert np.load(stored[0], allow_pickle=False).shape == (4,)
