@@ -92,3 +92,19 @@ def test_bad_config_is_named(tmp_path, capsys):
     (tmp_path / "c.toml").write_text("epochs = 'many'\nbogus = 1\n")
     code, _, err = run(capsys, "train", "--config", tmp_path / "c.toml", "--output", tmp_path / "r")
     assert code == 2 and "c.toml: unknown setting(s) ['bogus']" in err
+
+
+def test_init_config_takes_the_allow_outside_it_recommends(tmp_path, capsys):
+    from fashionnet.config import TrainConfig
+
+    image = solid(tmp_path / "elsewhere" / "a.jpg", (200, 10, 10))
+    manifest = tmp_path / "m" / "labels.csv"
+    manifest.parent.mkdir()
+    manifest.write_text(f"path,color\n{image},red\n")
+    out = tmp_path / "m" / "fashionnet.toml"
+    code, _, err = run(capsys, "init-config", "--dataset", manifest, "--output", out)
+    assert code == 2 and "--allow-outside" in err
+    code, _, err = run(capsys, "init-config", "--dataset", manifest, "--output", out,
+                       "--allow-outside")
+    assert code == 0, err
+    assert TrainConfig.from_toml(out).allow_outside is True

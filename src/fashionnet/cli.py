@@ -357,7 +357,7 @@ def cmd_init_config(args) -> int:
     from fashionnet.config_template import write_config
 
     path = write_config(args.dataset, args.output, heads=args.heads, multi=args.multi,
-                        overwrite=args.overwrite)
+                        overwrite=args.overwrite, allow_outside=args.allow_outside)
     print(f"wrote {path}")
     return 0
 
@@ -400,6 +400,8 @@ def cmd_serve(args) -> int:
     if not math.isfinite(args.max_batch_delay_ms) or not 0 <= args.max_batch_delay_ms <= 1000:
         raise FashionNetError(f"--max-batch-delay-ms must be from 0 to 1000, not "
                               f"{args.max_batch_delay_ms}")
+    if args.model_workers < 1:
+        raise FashionNetError(f"--model-workers must be at least 1, not {args.model_workers}")
     for name in ("workers", "queue", "batch_queue", "model_threads"):
         if getattr(args, name) < 0:
             raise FashionNetError(f"--{name} must be 0 (automatic) or more, not "
@@ -413,6 +415,7 @@ def cmd_serve(args) -> int:
           read_timeout=args.read_timeout, upload_timeout=args.upload_timeout,
           model_batch=args.model_batch, max_batch_delay_ms=args.max_batch_delay_ms,
           batch_queue=args.batch_queue, model_threads=args.model_threads,
+          model_workers=args.model_workers,
           precision="int8" if args.int8 else "auto",
           backend=args.backend, access_log_enabled=not args.no_access_log)
     return 0
@@ -534,6 +537,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the TOML file to write")
     p.add_argument("--heads", help="head names in folder-name order, or manifest columns")
     p.add_argument("--multi", help="comma-separated multi-label heads")
+    p.add_argument("--allow-outside", action="store_true",
+                   help="manifest paths may leave the manifest's folder (absolute paths, ../); "
+                        "the config then says allow_outside = true")
     p.add_argument("--overwrite", action="store_true", help="replace an existing file")
     p.set_defaults(func=cmd_init_config)
 
@@ -576,8 +582,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "when no other request is on its way; 0: never wait)")
     p.add_argument("--batch-queue", type=int, default=0, metavar="N",
                    help="images waiting for the model before 503 (default: 4 model batches)")
+    p.add_argument("--model-workers", type=int, default=1, metavar="N",
+                   help="model threads, each running its own batch")
     p.add_argument("--model-threads", type=int, default=0, metavar="N",
-                   help="ONNX Runtime threads for the model (default: one per CPU core)")
+                   help="ONNX Runtime threads per model call (default: CPU cores / "
+                        "--model-workers)")
     p.add_argument("--int8", action="store_true",
                    help="run model.int8.onnx (`fashionnet export MODEL --int8`)")
     p.add_argument("--request-timeout", type=float, default=30.0,

@@ -13,12 +13,13 @@ from fashionnet.errors import FashionNetError
 
 
 def render_config(dataset: str | Path, heads: str | None = None, multi: str | None = None,
-                  dataset_text: str | None = None) -> str:
+                  dataset_text: str | None = None, allow_outside: bool = False) -> str:
     """The template's text; ``dataset_text`` is how the file names the dataset (default: as
-    given), relative to the file's own folder."""
+    given), relative to the file's own folder. ``allow_outside``: the manifest's paths may
+    leave its folder, and the config says so (``allow_outside = true``)."""
     names = [h.strip() for h in heads.split(",")] if heads else None
     multi_heads = [h.strip() for h in multi.split(",")] if multi else []
-    records, found = read_dataset(dataset, names, multi_heads)
+    records, found = read_dataset(dataset, names, multi_heads, allow_outside=allow_outside)
     lines = [
         "# FashionNet training config: `fashionnet train --config THIS_FILE --output RUN_DIR`.",
         "# Command-line flags override these values. architecture = \"recipe\" reproduces the",
@@ -38,6 +39,9 @@ def render_config(dataset: str | Path, heads: str | None = None, multi: str | No
         lines += [""] + [f"# {line}" for line in textwrap.wrap(note, 88)]
         commented = "# " if d.follows_architecture(name) else ""
         lines.append(f"{commented}{name} = {toml_value(value)}")
+    if allow_outside:
+        lines += ["", *(f"# {line}" for line in textwrap.wrap(SETTINGS["allow_outside"].help, 88)),
+                  "allow_outside = true"]
     lines += [
         "",
         "# One [[heads]] table per output, in this order. kind: single | multi;",
@@ -110,12 +114,14 @@ def _comment_safe(text: str) -> str:
 
 
 def write_config(dataset: str | Path, output: str | Path, heads: str | None = None,
-                 multi: str | None = None, overwrite: bool = False) -> Path:
+                 multi: str | None = None, overwrite: bool = False,
+                 allow_outside: bool = False) -> Path:
     output = Path(output)
     if output.exists() and not overwrite:
         raise FashionNetError(f"{output}: already exists (pass --overwrite to replace it)")
     relative = os.path.relpath(os.path.abspath(dataset), os.path.abspath(output.parent))
-    text = render_config(dataset, heads, multi, dataset_text=Path(relative).as_posix())
+    text = render_config(dataset, heads, multi, dataset_text=Path(relative).as_posix(),
+                         allow_outside=allow_outside)
     TrainConfig.from_toml_text(text, str(output))  # what we write must load back
     try:
         output.parent.mkdir(parents=True, exist_ok=True)
