@@ -329,9 +329,13 @@ def test_features_are_cached_by_content_and_recomputed_when_bytes_change(tmp_pat
     assert changed.computed == 1
     assert not np.allclose(changed.views["plain"][1], plain[1])
     np.testing.assert_array_equal(changed.views["plain"][[0, 2, 3]], plain[[0, 2, 3]])
-    # another input size is another cache
+    # another input size is another cache; a copy of a file is run once
     other, _ = _counting_backbone(size=24)
-    assert extract_features(paths, other, progress=False).computed == 4
+    copy = paths[0].with_name("copy.png")
+    copy.write_bytes(paths[0].read_bytes())
+    both = extract_features([*paths, copy], other, progress=False)
+    assert both.computed == 4 and both.kept.tolist() == [0, 1, 2, 3, 4]
+    np.testing.assert_array_equal(both.views["plain"][4], both.views["plain"][0])
 
 
 def test_a_damaged_cache_entry_is_recomputed_and_a_bad_image_skipped(tmp_path):

@@ -135,7 +135,7 @@ def extract_features(paths: Sequence[str | Path], backbone: Backbone,
     for view in views:
         view_of(np.zeros((0, 1, 1, 3)), view)  # an unknown view fails before any work
     paths = [Path(p) for p in paths]
-    root = (root or cache_dir() / "features") if cache else None
+    root = (root or cache_dir().parent / "features") if cache else None
     results: dict[str, list[np.ndarray | None]] = {v: [None] * len(paths) for v in views}
     failures: dict[int, str] = {}
     computed, seconds = 0, 0.0
@@ -149,6 +149,8 @@ def extract_features(paths: Sequence[str | Path], backbone: Backbone,
             indices = range(start, min(start + chunk, len(paths)))
             raw = list(pool.map(_read, (paths[i] for i in indices)))
             todo: list[tuple[int, bytes, str]] = []
+            first: dict[str, int] = {}  # identical files in a chunk are run once
+            copies: dict[int, int] = {}
             for i, data in zip(indices, raw):
                 if isinstance(data, str):
                     failures[i] = data
@@ -160,7 +162,10 @@ def extract_features(paths: Sequence[str | Path], backbone: Backbone,
                                 backbone.dims) if root else None
                     results[view][i] = hit
                     missing = missing or hit is None
-                if missing:
+                if missing and digest in first:
+                    copies[i] = first[digest]
+                elif missing:
+                    first[digest] = i
                     todo.append((i, data, digest))
             if todo:
                 began = time.perf_counter()
@@ -181,6 +186,11 @@ def extract_features(paths: Sequence[str | Path], backbone: Backbone,
                                       f"{digest}.npy", value)
                     computed += len(good)
                 seconds += time.perf_counter() - began
+            for i, j in copies.items():
+                if j in failures:
+                    failures[i] = f"{paths[i]}: {failures[j].split(': ', 1)[-1]}"
+                for view in views:
+                    results[view][i] = results[view][j]
             if bar is not None:
                 bar.update(len(indices))
     if bar is not None:
