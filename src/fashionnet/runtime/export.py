@@ -120,8 +120,9 @@ def export_int8(bundle_dir: str | Path, calibration: str | Path | Sequence[Path]
     Static quantization (ONNX Runtime's ``quantize_static``, QDQ format) of the convolutions
     and matrix products (`INT8_OPS`): int8 weights per output channel and uint8 activations
     whose ranges are calibrated on ``limit`` images, so that ONNX Runtime runs them as integer
-    kernels (VNNI where the CPU has it). Dynamic quantization was tried first: it re-measures every activation's
-    range at run time and its integer convolutions were slower than float32 here.
+    kernels (VNNI where the CPU has it). Dynamic quantization was tried first: it re-measures
+    every activation's range at run time and its integer convolutions were slower than
+    float32 here.
 
     ``calibration``: a folder of images, or a list of files; default: the bundle's training
     split (split.json) when its dataset is found, else the dataset of its config.json. The

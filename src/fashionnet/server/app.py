@@ -30,7 +30,7 @@ import logging
 import os
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from importlib import resources
 from pathlib import Path
 
@@ -74,14 +74,16 @@ class ServerLimits:
     model_batch: int = 32                  # images per model call (dynamic batching)
     max_batch_delay_ms: float = 2.0        # wait for images being decoded; 0: never wait
     batch_queue: int = 0                   # images queued for the model; 0: 4 model batches
-    model_threads: int = 0                 # ONNX Runtime intra-op threads; 0: one per core
+    model_workers: int = 1                 # model threads, each running its own batch
+    model_threads: int = 0                 # ONNX Runtime threads per call; 0: cores / workers
 
     def resolved(self) -> ServerLimits:
         cores = _cores()
         workers = self.workers or cores
-        return dataclasses.replace(self, workers=workers, queue=self.queue or 32 * workers,
-                                   batch_queue=self.batch_queue or 4 * self.model_batch,
-                                   model_threads=self.model_threads or cores)
+        return dataclasses.replace(
+            self, workers=workers, queue=self.queue or 32 * workers,
+            batch_queue=self.batch_queue or 4 * self.model_batch,
+            model_threads=self.model_threads or max(1, cores // self.model_workers))
 
     def public(self) -> dict:
         return dataclasses.asdict(self)
@@ -167,8 +169,9 @@ def create_app(model: str | Path | Predictor, *, max_bytes: int = 10_000_000,
     if isinstance(model, Predictor):
         predictor = model
     else:
-        # One model call at a time (the batcher's thread), with every core: ONNX Runtime's
-        # threads sleep between calls instead of spinning, so the decode threads get the CPU.
+        # model_workers calls at a time (the batcher's threads), sharing the cores; ONNX
+        # Runtime's threads sleep between calls instead of spinning, so the decode threads get
+        # the CPU.
         predictor = load(model, backend=backend, precision=precision,
                          threads=limits.model_threads, spin=False)
     predictor.max_pixels = limits.max_pixels
@@ -177,11 +180,16 @@ def create_app(model: str | Path | Predictor, *, max_bytes: int = 10_000_000,
     bundle = predictor.bundle
     pool = WorkerPool(limits.workers, limits.queue, limits.request_timeout)
 
-    def infer(images: np.ndarray) -> list:
-        # Only the batcher's one thread calls the model: no lock needed, Keras included.
-        return predictor.predict_arrays(images)
+    # Keras models are not safe to call from several threads; ONNX Runtime sessions are.
+    model_lock = threading.Lock() if predictor.backend == "keras" else None
 
-    batcher = Batcher(infer, max_batch=limits.model_batch,
+    def infer(images: np.ndarray) -> list:
+        if model_lock is None:
+            return predictor.predict_arrays(images)
+        with model_lock:
+            return predictor.predict_arrays(images)
+
+    batcher = Batcher(infer, max_batch=limits.model_batch, workers=limits.model_workers,
                       max_delay=limits.max_batch_delay_ms / 1000, capacity=limits.batch_queue)
     budget = ByteBudget(limits.max_buffered_bytes)
     app = FastAPI(title="FashionNet", version="0.1.0", docs_url=None, redoc_url=None,
@@ -241,9 +249,10 @@ def create_app(model: str | Path | Predictor, *, max_bytes: int = 10_000_000,
             status = 413 if isinstance(exc, ImageTooLargeError) else 400
             raise ApiError(status, f"{name}: {reason}") from None
 
-    def job(stop: threading.Event, files: list[tuple[str, bytes]]
-            ) -> tuple[np.ndarray | None, list[int], dict[int, ApiError]]:
-        """Worker thread: decode every image (failures per image) into one array; stops
+    def job(stop: threading.Event, files: list[tuple[str, bytes]], slot
+            ) -> tuple[Future | None, list[int], dict[int, ApiError]]:
+        """Worker thread: decode every image (failures per image) into one array and queue it
+        for the model straight from here (no trip through the event loop in between); stops
         between images once ``stop`` is set (the request timed out)."""
         images, where, failed = [], [], {}
         for i, (name, data) in enumerate(files):
@@ -254,7 +263,9 @@ def create_app(model: str | Path | Predictor, *, max_bytes: int = 10_000_000,
                 where.append(i)
             except ApiError as exc:
                 failed[i] = exc
-        return (np.stack(images) if images else None), where, failed
+        if not images or stop.is_set():
+            return None, where, failed
+        return slot.submit(np.stack(images)), where, failed
 
     async def classify(files: list[tuple[str, bytes]]) -> list[dict | tuple[str, ApiError]]:
         """Decode in the pool, then the model through the batcher; one result per file."""
@@ -269,15 +280,13 @@ def create_app(model: str | Path | Predictor, *, max_bytes: int = 10_000_000,
             raise ApiError(503, "the server is shutting down; retry shortly",
                            retry_after=1) from None
         try:
-            images, where, failed = await pool.run(job, files,
+            future, where, failed = await pool.run(job, files, slot,
                                                    timeout=deadline - loop.time())
             results: list = [None] * len(files)
             for i, exc in failed.items():
                 results[i] = (files[i][0], exc)
-            if images is None:
-                slot.cancel()
+            if future is None:
                 return results
-            future = slot.submit(images)
             left = deadline - loop.time()
             if left <= 0:
                 raise TimeoutError

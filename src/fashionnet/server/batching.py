@@ -1,8 +1,11 @@
 """Dynamic batching: images from concurrent requests go through the model as one batch.
 
-One model thread takes whatever is queued (up to ``max_batch`` images) and runs it as one call,
+A model thread takes whatever is queued (up to ``max_batch`` images) and runs it as one call,
 so a busy server batches by itself: requests that arrive while the model runs wait for the
 next call and share it. The knobs follow Triton's dynamic batcher and TF Serving's batching:
+
+- ``workers`` (Triton's model instances, TF ``num_batch_threads``): model threads, each
+  running its own batch; an idle one takes a request at once;
 
 - ``max_batch`` (Triton ``max_batch_size``, TF ``max_batch_size``): images per model call;
 - ``max_delay`` (Triton ``max_queue_delay_microseconds``, TF ``batch_timeout_micros``): how
@@ -66,9 +69,10 @@ class Batcher:
     """Runs ``infer(images) -> results`` (one result per image) on batches built from slots."""
 
     def __init__(self, infer: Callable[[np.ndarray], Sequence[Any]], *, max_batch: int = 32,
-                 max_delay: float = 0.002, capacity: int = 128, name: str = "fashionnet-model"):
-        if max_batch < 1 or capacity < 1 or max_delay < 0:
-            raise ValueError("max_batch and capacity must be >= 1, max_delay >= 0")
+                 max_delay: float = 0.002, capacity: int = 128, workers: int = 1,
+                 name: str = "fashionnet-model"):
+        if max_batch < 1 or capacity < 1 or max_delay < 0 or workers < 1:
+            raise ValueError("max_batch, capacity and workers must be >= 1, max_delay >= 0")
         self.infer = infer
         self.max_batch = max_batch
         self.max_delay = max_delay
@@ -80,8 +84,10 @@ class Batcher:
         self._queue: deque[Slot] = deque()
         self._cond = threading.Condition()
         self._closed = False
-        self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
-        self._thread.start()
+        self._threads = [threading.Thread(target=self._loop, name=f"{name}-{i}", daemon=True)
+                         for i in range(workers)]
+        for thread in self._threads:
+            thread.start()
 
     # -- the request side -------------------------------------------------------------------
 
@@ -211,11 +217,14 @@ class Batcher:
             if not slot.future.done():
                 slot.future.set_exception(BatcherClosed("the server is shutting down"))
         if wait:
-            self._thread.join(wait)
+            deadline = time.monotonic() + wait
+            for thread in self._threads:
+                thread.join(max(0.0, deadline - time.monotonic()))
 
     def stats(self) -> dict:
         with self._cond:
-            return {"max_batch": self.max_batch, "max_delay_ms": 1000 * self.max_delay,
+            return {"workers": len(self._threads), "max_batch": self.max_batch,
+                    "max_delay_ms": 1000 * self.max_delay,
                     "capacity": self.capacity, "taken": self.taken, "queued":
                     sum(s.rows for s in self._queue), "batches": self.batches,
                     "images": self.images_run,
