@@ -76,3 +76,34 @@ def test_the_report_says_when_no_temperature_was_fitted():
     assert "fitted on the validation split" not in text and "no fitted temperature" in text
     rep["heads"]["color"]["temperature"] = 1.7
     assert "fitted on the validation split" in render_markdown(rep)
+
+
+def test_a_multi_label_head_is_reported_with_map_and_per_label_f1():
+    from fashionnet.evaluation import render_markdown, summary_table
+
+    heads = [HeadSpec("color", ["black", "red"]),
+             HeadSpec("tags", ["party", "work", "beach"], kind="multi")]
+    rng = np.random.default_rng(0)
+    records, tag_probs = [], []
+    for i in range(60):
+        tags = frozenset(t for t in ("party", "work", "beach") if rng.random() < 0.4)
+        records.append(Record(f"{i}.jpg", {"color": ["black", "red"][i % 2], "tags": tags}))
+        tag_probs.append([0.9 if t in tags else 0.1 for t in ("party", "work", "beach")])
+    color = np.array([[0.8, 0.2] if i % 2 == 0 else [0.3, 0.7] for i in range(60)])
+    rep = report_from_probabilities(heads, records, [color, np.array(tag_probs)])
+    text = render_markdown(rep)
+    assert "| tags | 100.00% | 100.00% | 100.00% | 0.5 |" in text  # mAP, macro-F1, subset, thr.
+    assert "| party |" in text and "AP |" in text
+    assert len([line for line in text.splitlines() if line.startswith("| black_")]) <= 40
+    assert "mAP" in summary_table(rep) and "subset accuracy" in summary_table(rep)
+
+
+def test_confusion_plot_shows_row_shares(tmp_path):
+    pytest.importorskip("matplotlib")
+    from fashionnet.plots import plot_confusion
+
+    path = plot_confusion(np.array([[90, 10], [1, 1]]), ["a", "b"], "color", tmp_path / "c.png")
+    from PIL import Image
+
+    with Image.open(path) as im:
+        assert im.width > 1.5 * im.height  # counts and shares side by side

@@ -57,6 +57,7 @@ def report_from_probabilities(heads: Sequence[HeadSpec], records: Sequence[Recor
         mask = known(t)
         if head.multi:
             entry.update(multilabel_report(t, p, head.classes, head.threshold))
+            entry["threshold"] = head.threshold
         else:
             matrix = confusion_matrix(t[mask].argmax(1), p[mask].argmax(1), len(head.classes))
             entry.update(per_class_report(matrix, head.classes))
@@ -204,6 +205,10 @@ def percent(value, digits: int = 2) -> str:
     return f"{100 * value:.{digits}f}%"
 
 
+#: report.md lists at most this many combinations (the most frequent); report.json has all.
+MAX_COMBINATION_ROWS = 40
+
+
 def render_markdown(report: dict) -> str:
     head_names = list(report["heads"])
     lines = [f"# Evaluation: {report.get('model', '')}", "",
@@ -211,9 +216,24 @@ def render_markdown(report: dict) -> str:
              f"{report['count']} images.", "",
              "| head | accuracy | macro-F1 | ECE before calibration | ECE after |",
              "| --- | --- | --- | --- | --- |"]
+    multi = {name for name, h in report["heads"].items() if "mean_average_precision" in h}
     for name, h in report["heads"].items():
+        if name in multi:
+            continue
         lines.append(f"| {name} | {percent(h['accuracy'])} | {percent(h.get('macro_f1'))} | "
                      f"{percent(h.get('ece_uncalibrated'))} | {percent(h.get('ece'))} |")
+    if multi:
+        lines += ["", "Multi-label heads (each label a yes/no at the head's threshold):", "",
+                  "| head | mAP | macro-F1 | subset accuracy | threshold |",
+                  "| --- | --- | --- | --- | --- |"]
+        for name in sorted(multi):
+            h = report["heads"][name]
+            lines.append(f"| {name} | {percent(h.get('mean_average_precision'))} | "
+                         f"{percent(h.get('macro_f1'))} | {percent(h['accuracy'])} | "
+                         f"{h.get('threshold', '')} |")
+        lines += ["", "mAP: mean over labels of the average precision (area under the "
+                  "precision-recall curve, threshold-free); subset accuracy: the share of "
+                  "images whose whole set of labels is exactly right."]
     fitted = any(h.get("temperature", 1.0) != 1.0 for h in report["heads"].values())
     lines += ["", "ECE (expected calibration error): how far the confidence the model states is "
               "from how often it is right, averaged over confidence bins (0% = a prediction "
@@ -231,10 +251,18 @@ def render_markdown(report: dict) -> str:
                   f"(95% CI {percent(lo)} to {percent(hi)})",
                   f"- harmonic mean: {percent(report['harmonic_mean'])}",
                   f"- partner swaps: {swaps_sentence(swaps)}"]
+    combos = list(report["combinations"].items())
+    shown = sorted(combos, key=lambda item: -item[1]["count"])[:MAX_COMBINATION_ROWS]
+    shown_names = {name for name, _ in shown}
     lines += ["", "| combination | seen | count | exact match | "
               + " | ".join(head_names) + " |",
               "| --- | --- | --- | --- | " + " | ".join("---" for _ in head_names) + " |"]
-    for combo, c in report["combinations"].items():
+    if len(combos) > len(shown):
+        lines.insert(len(lines) - 2, f"The {len(shown)} most frequent of {len(combos)} "
+                     f"combinations (all of them in report.json):\n")
+    for combo, c in combos:
+        if combo not in shown_names:
+            continue
         seen = {True: "seen", False: "**unseen**", None: "?"}[c["seen"]]
         lines.append(f"| {combo} | {seen} | {c['count']} | {percent(c['exact_match'])} | "
                      + " | ".join(percent(c["heads"][n]) for n in head_names) + " |")
@@ -243,11 +271,14 @@ def render_markdown(report: dict) -> str:
         if h.get("confusion_matrix") is not None:
             lines += [f"![{name} confusion matrix](confusion_{name}.png) (rows: true class, "
                       f"columns: predicted)", ""]
-        lines += ["| class | precision | recall | F1 | support |",
-                  "| --- | --- | --- | --- | --- |"]
+        ap = name in multi
+        lines += ["| class | precision | recall | F1 |" + (" AP |" if ap else "") + " support |",
+                  "| --- | --- | --- | --- |" + (" --- |" if ap else "") + " --- |"]
         for cls, m in h["classes"].items():
             lines.append(f"| {cls} | {percent(m['precision'])} | {percent(m['recall'])} | "
-                         f"{percent(m['f1'])} | {m['support']} |")
+                         f"{percent(m['f1'])} |"
+                         + (f" {percent(m.get('average_precision'))} |" if ap else "")
+                         + f" {m['support']} |")
     return "\n".join(lines) + "\n"
 
 
@@ -263,7 +294,10 @@ def swaps_sentence(swaps: dict) -> str:
 
 def summary_table(report: dict) -> str:
     """A few lines for the terminal."""
-    out = [f"{name:>12}: accuracy {percent(h['accuracy'])}  macro-F1 {percent(h.get('macro_f1'))}"
+    out = [f"{name:>12}: subset accuracy {percent(h['accuracy'])}  mAP "
+           f"{percent(h['mean_average_precision'])}  macro-F1 {percent(h.get('macro_f1'))}"
+           if "mean_average_precision" in h else
+           f"{name:>12}: accuracy {percent(h['accuracy'])}  macro-F1 {percent(h.get('macro_f1'))}"
            for name, h in report["heads"].items()]
     out.append(f"{'exact match':>12}: {percent(report['exact_match'])}  ({report['count']} images)")
     if not math.isnan(report.get("unseen_exact_match", math.nan)):

@@ -62,20 +62,28 @@ def plot_history(history: dict[str, list[float]], head_names: Sequence[str],
 
 def plot_confusion(matrix: np.ndarray, classes: Sequence[str], title: str,
                    path: str | Path) -> Path:
-    """A confusion matrix with counts in the cells; rows are true classes."""
+    """A confusion matrix, rows are true classes: counts on the left, and on the right each
+    row as shares of its true class (row-normalised: a rare class's errors are as visible as a
+    common one's)."""
     plt = _pyplot()
+    matrix = np.asarray(matrix)
+    totals = matrix.sum(axis=1, keepdims=True)
+    shares = np.divide(matrix, totals, out=np.zeros(matrix.shape, float), where=totals > 0)
     size = max(4.0, 0.6 * len(classes) + 2)
-    fig, ax = plt.subplots(figsize=(size, size))
-    ax.imshow(matrix, cmap="Blues")
-    ax.set_xticks(range(len(classes)), classes, rotation=45, ha="right")
-    ax.set_yticks(range(len(classes)), classes)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
-    ax.set_title(title)
-    peak = matrix.max() if matrix.size else 0
-    for (i, j), count in np.ndenumerate(matrix):
-        ax.text(j, i, str(count), ha="center", va="center",
-                color="white" if count > peak / 2 else "black")
+    fig, axes = plt.subplots(1, 2, figsize=(2 * size, size))
+    for ax, values, text, name in (
+            (axes[0], matrix, lambda v: str(int(v)), "counts"),
+            (axes[1], shares, lambda v: f"{100 * v:.0f}%", "share of each true class")):
+        ax.imshow(values, cmap="Blues", vmin=0)
+        ax.set_xticks(range(len(classes)), classes, rotation=45, ha="right")
+        ax.set_yticks(range(len(classes)), classes)
+        ax.set_xlabel("predicted")
+        ax.set_ylabel("true")
+        ax.set_title(f"{title}: {name}")
+        peak = values.max() if values.size else 0
+        for (i, j), value in np.ndenumerate(values):
+            ax.text(j, i, text(value), ha="center", va="center",
+                    color="white" if value > peak / 2 else "black")
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
