@@ -25,6 +25,7 @@ from fashionnet.cli import main
 from fashionnet.data import images as images_module
 from fashionnet.data.images import ImageDecodeError, decode_image, decode_many
 from fashionnet.errors import FashionNetError
+from fashionnet.outputs import OUTPUT_MARKER, claim_output
 from tests.conftest import solid
 
 RED = (220, 20, 20)
@@ -435,6 +436,7 @@ def test_a_crash_between_the_renames_of_an_overwrite_loses_nothing(tmp_path, mon
     target = tmp_path / "run"
     target.mkdir()
     (target / "labels.json").write_text("old")
+    claim_output(target, "train")  # a bundle of an earlier run: ours to replace
     real_rename = Path.rename
 
     def rename(self, other):
@@ -477,6 +479,7 @@ def test_rollback_when_the_new_bundle_cannot_be_moved_in(tmp_path, monkeypatch):
     target = tmp_path / "run"
     target.mkdir()
     (target / "labels.json").write_text("old")
+    claim_output(target, "train")  # a bundle of an earlier run: ours to replace
     real_rename = Path.rename
 
     def rename(self, other):
@@ -496,6 +499,7 @@ def test_temp_leftovers_of_dead_runs_are_cleaned(tmp_path):
     target = tmp_path / "run"
     target.mkdir()
     (target / "labels.json").write_text("{}")
+    claim_output(target, "train")
     (target / ".model.onnx.tmp-999999997").write_bytes(b"x" * 100)
     (target / ".model.raw.tmp-999999997.onnx").write_bytes(b"x")
     (target / f".model.onnx.tmp-{os.getppid()}").write_bytes(b"alive")  # a live writer's
@@ -503,7 +507,7 @@ def test_temp_leftovers_of_dead_runs_are_cleaned(tmp_path):
     (tmp_path / ".run.old-999999997").mkdir()
     update_bundle_file(target, "model.onnx", lambda p: p.write_bytes(b"onnx"))
     assert sorted(p.name for p in target.iterdir()) == sorted(
-        ["labels.json", "model.onnx", f".model.onnx.tmp-{os.getppid()}"])
+        ["labels.json", "model.onnx", f".model.onnx.tmp-{os.getppid()}", OUTPUT_MARKER])
     with atomic_directory(target, overwrite=True) as tmp:
         (tmp / "labels.json").write_text("{}")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]

@@ -8,6 +8,7 @@ import pytest
 from fashionnet import TrainConfig, load, load_bundle, train
 from fashionnet.bundle import atomic_directory
 from fashionnet.errors import FashionNetError
+from fashionnet.outputs import OUTPUT_MARKER, claim_output
 
 FILES = {"model.keras", "labels.json", "config.json", "metrics.json", "history.csv",
          "losses.png", "accuracy.png", "split.json"}
@@ -46,6 +47,7 @@ def test_existing_output_is_refused_and_a_crash_keeps_the_old_bundle(tiny_bundle
     target = tmp_path / "run"
     target.mkdir()
     (target / "keep.txt").write_text("old")
+    claim_output(target, "train")  # an earlier run's bundle
     with pytest.raises(FashionNetError, match="already exists"):
         train(TrainConfig(dataset="x"), target)
     with pytest.raises(RuntimeError), atomic_directory(target, overwrite=True) as tmp:
@@ -55,7 +57,7 @@ def test_existing_output_is_refused_and_a_crash_keeps_the_old_bundle(tiny_bundle
     assert (target / "keep.txt").read_text() == "old"
     with atomic_directory(target, overwrite=True) as tmp:
         (tmp / "new.txt").write_text("new")
-    assert [p.name for p in target.iterdir()] == ["new.txt"]
+    assert sorted(p.name for p in target.iterdir()) == [OUTPUT_MARKER, "new.txt"]
 
 
 def test_one_class_head_is_refused(tmp_path):
@@ -63,9 +65,10 @@ def test_one_class_head_is_refused(tmp_path):
 
     for name in ("red_dress", "red_shoes"):
         for i in range(2):
-            solid(tmp_path / name / f"{i}.jpg", (200, 0, 0))
+            solid(tmp_path / "data" / name / f"{i}.jpg", (200, 0, 0))
     with pytest.raises(FashionNetError, match="'color' has only one class"):
-        train(TrainConfig(dataset=str(tmp_path), epochs=1, input_size=32), tmp_path / "out")
+        train(TrainConfig(dataset=str(tmp_path / "data"), epochs=1, input_size=32),
+              tmp_path / "out")
 
 
 def test_epoch_line_heads_and_exact_match_come_from_one_scoring(tiny_bundle, tiny_dataset):

@@ -138,6 +138,9 @@ def cmd_train(args) -> int:
 
     check_destination(args.output, dataset_inputs(config.dataset, config.path_column),
                       overwrite=args.overwrite)
+    from fashionnet.extras import import_keras_quietly
+
+    import_keras_quietly()  # every cheap refusal above came before this
     if args.workers is not None or args.address:
         from fashionnet.cluster.training import train_on_ray
 
@@ -201,7 +204,7 @@ def cmd_classify(args) -> int:
         claim_output(args.annotate, "classify --annotate")
     started = time.perf_counter()
     predictor = load(_model_or_default(args.model), backend=args.backend,
-                     precision="int8" if args.int8 else "auto")
+                     precision=args.precision)
     predictor.batch_size = args.batch_size
     if args.threshold is not None:
         predictor.heads = [dataclasses.replace(h, threshold=args.threshold) if h.multi else h
@@ -313,6 +316,9 @@ def cmd_demo(args) -> int:
     from fashionnet.extras import require_training
 
     require_training("fashionnet demo")
+    from fashionnet.extras import import_keras_quietly
+
+    import_keras_quietly()
     from fashionnet.demo import run_demo
 
     run_demo(args.output, epochs=args.epochs, overwrite=True)
@@ -344,6 +350,9 @@ def cmd_study(args) -> int:
 
     config = _config_from_args(args)
     require_training("fashionnet study")
+    from fashionnet.extras import import_keras_quietly
+
+    import_keras_quietly()
     from fashionnet.study import compositional_study
 
     combos = [c for c in args.combinations.split(",") if c] if args.combinations else None
@@ -416,7 +425,7 @@ def cmd_serve(args) -> int:
           model_batch=args.model_batch, max_batch_delay_ms=args.max_batch_delay_ms,
           batch_queue=args.batch_queue, model_threads=args.model_threads,
           model_workers=args.model_workers,
-          precision="int8" if args.int8 else "auto",
+          precision=args.precision,
           backend=args.backend, access_log_enabled=not args.no_access_log)
     return 0
 
@@ -486,8 +495,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--strict", action="store_true", help="stop at the first unreadable image")
     p.add_argument("--backend", choices=["auto", "onnx", "keras"], default="auto",
                    help="auto: model.onnx with onnxruntime when both exist, else Keras")
-    p.add_argument("--int8", action="store_true",
-                   help="run model.int8.onnx (`fashionnet export MODEL --int8`)")
+    p.add_argument("--precision", choices=["auto", "fp32", "int8"], default="auto",
+                   help="fp32: model.onnx; int8: model.int8.onnx (`fashionnet export MODEL "
+                        "--int8`); auto: int8 when the bundle has it, else fp32")
     p.add_argument("--engine", choices=["local", "ray"], default="local",
                    help="ray: label INPUT with Ray Data into Parquet shards (extra cluster)")
     p.add_argument("--output", metavar="OUT_DIR",  # a str: Path would collapse s3:// to s3:/
@@ -587,8 +597,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model-threads", type=int, default=0, metavar="N",
                    help="ONNX Runtime threads per model call (default: CPU cores / "
                         "--model-workers)")
-    p.add_argument("--int8", action="store_true",
-                   help="run model.int8.onnx (`fashionnet export MODEL --int8`)")
+    p.add_argument("--precision", choices=["auto", "fp32", "int8"], default="auto",
+                   help="fp32: model.onnx; int8: model.int8.onnx (`fashionnet export MODEL "
+                        "--int8`); auto: int8 when the bundle has it, else fp32")
     p.add_argument("--request-timeout", type=float, default=30.0,
                    help="seconds for decode + inference, queue included (else 503)")
     p.add_argument("--read-timeout", type=float, default=15.0,

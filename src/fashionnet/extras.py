@@ -70,7 +70,6 @@ def require(what: str, extra: str, *modules: str) -> None:
 
 def require_training(what: str) -> None:
     require(what, "train", *keras_modules(), "matplotlib")
-    import_keras_quietly()
 
 
 def import_keras_quietly() -> None:

@@ -13,7 +13,7 @@ from fashionnet.doctor.issues import DoctorResult, Issue, sort_issues
 from fashionnet.doctor.labels import combination_matrices, duplicate_issues, label_counts
 from fashionnet.doctor.report import write_report
 from fashionnet.errors import FashionNetError
-from fashionnet.extras import require_doctor, require_training
+from fashionnet.extras import import_keras_quietly, require_doctor, require_training
 from fashionnet.outputs import check_destination, dataset_inputs
 
 log = logging.getLogger("fashionnet")
@@ -38,6 +38,7 @@ def run_doctor(dataset: str | Path, output: str | Path, *, model: str | Path | N
     bundle = None
     if model is not None:
         require_training("fashionnet doctor --model")
+        import_keras_quietly()
         bundle = load_bundle(model)
         heads = [h.name for h in bundle.heads]
         multi = [h.name for h in bundle.heads if h.multi]
