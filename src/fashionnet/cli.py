@@ -136,12 +136,16 @@ def cmd_train(args) -> int:
                               f"manifest)")
     from fashionnet.outputs import check_destination, dataset_inputs
 
-    check_destination(args.output, dataset_inputs(config.dataset, config.path_column),
-                      overwrite=args.overwrite)
+    if not args.resume:  # resume decides itself (a finished run is returned as it is)
+        check_destination(args.output, dataset_inputs(config.dataset, config.path_column),
+                          overwrite=args.overwrite)
     from fashionnet.extras import import_keras_quietly
 
     import_keras_quietly()  # every cheap refusal above came before this
     if args.workers is not None or args.address:
+        if args.resume:
+            raise FashionNetError("--resume is for one-process runs; Ray workers resume by "
+                                  "themselves after a failure (--max-failures)")
         from fashionnet.cluster.training import train_on_ray
 
         workers = 2 if args.workers is None else args.workers
@@ -157,7 +161,7 @@ def cmd_train(args) -> int:
     from fashionnet.training import train
 
     result = train(config, args.output, overwrite=args.overwrite,
-                   verbose=2 if args.quiet else "auto")
+                   verbose=2 if args.quiet else "auto", resume=args.resume)
     print(_metrics_summary(result.metrics))
     print(f"model bundle: {result.bundle.path}")
     return 0
@@ -457,6 +461,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train_options(p)
     p.add_argument("--output", type=Path, required=True, help="bundle folder to create")
     p.add_argument("--overwrite", action="store_true", help="replace an existing bundle")
+    p.add_argument("--resume", action="store_true",
+                   help="continue a run that was interrupted, from its last epoch's checkpoint "
+                        "(same --output and settings); a finished run is left as it is")
     p.add_argument("--quiet", action="store_true", help="no progress bar while decoding")
     p.add_argument("--workers", type=int, metavar="N",
                    help="data-parallel training on N Ray workers (extra cluster)")

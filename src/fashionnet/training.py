@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import json
 import logging
 import math
+import shutil
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -18,7 +20,8 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from fashionnet.bundle import Bundle, atomic_directory, recover, write_json
+from fashionnet.bundle import Bundle, atomic_directory, load_bundle, recover, write_json
+from fashionnet.checkpoints import latest_checkpoint, read_state, restore, write_checkpoint
 from fashionnet.config import TrainConfig
 from fashionnet.data.images import Preprocessing, decode_many, to_model_input
 from fashionnet.data.pipeline import batches
@@ -26,6 +29,7 @@ from fashionnet.data.recolor import Recoloring, RecolorPlan
 from fashionnet.data.sources import Record, dataset_root, read_dataset, relative_key
 from fashionnet.data.splits import Split, duplicate_groups, split_records
 from fashionnet.errors import FashionNetError
+from fashionnet.files import read_json_file
 from fashionnet.heads import HeadSpec, combination, encode_targets, fit_classes
 from fashionnet.metrics import (
     accuracy,
@@ -67,7 +71,7 @@ class Dataset:
 class TrainResult:
     bundle: Bundle
     metrics: dict
-    split: Split
+    split: Split | None  # None for a finished run returned by ``resume`` (see split.json)
 
 
 def load_dataset(config: TrainConfig, progress: bool = True) -> Dataset:
@@ -388,15 +392,36 @@ def split_sentence(split: Split) -> str:
 FitHook = Callable[[keras.Model, "BestEpoch | None"], "tuple[int, list]"]
 
 
+def work_folder(output: str | Path) -> Path:
+    """Where a run keeps its per-epoch checkpoint (and live logs) until its bundle is written:
+    a hidden sibling of the output, ``.NAME.run``."""
+    output = Path(output)
+    return output.with_name(f".{output.name}.run")
+
+
 def train(config: TrainConfig, output: str | Path, *, overwrite: bool = False,
           verbose: int | str = "auto", data: Dataset | None = None,
-          fit_hook: FitHook | None = None) -> TrainResult:
-    """Train on ``config.dataset`` and write a bundle at ``output`` (atomically)."""
+          fit_hook: FitHook | None = None, resume: bool = False,
+          checkpoints: bool = True) -> TrainResult:
+    """Train on ``config.dataset`` and write a bundle at ``output`` (atomically).
+
+    Every epoch ends with a checkpoint in `work_folder` (``checkpoints``); ``resume``
+    continues a run that was killed from its last one (same output, same configuration), and
+    returns a finished run as it is. The work folder is removed once the bundle is written.
+    """
     output = Path(output)
     recover(output)  # a bundle set aside by a killed --overwrite comes back first
+    work = work_folder(output)
+    if resume and fit_hook is None:
+        finished = _finished_run(output, config)
+        if finished is not None:
+            log.info("%s: this run has finished already; nothing to resume", output)
+            return finished
+        if latest_checkpoint(work) is None:
+            log.info("%s: no checkpoint of an interrupted run; starting from epoch 1", output)
     # Before minutes of training, not after: never the dataset, never a folder of the user's.
     check_destination(output, dataset_inputs(config.dataset, config.path_column)
-                      if config.dataset else [], overwrite=overwrite)
+                      if config.dataset else [], overwrite=overwrite or resume)
     keras.utils.set_random_seed(config.seed)
     data = data or load_dataset(config, progress=verbose not in (0, 2))
     heads = data.heads
@@ -425,6 +450,8 @@ def train(config: TrainConfig, output: str | Path, *, overwrite: bool = False,
     # shuffle=False: the batches shuffle themselves (Keras ignores it for datasets anyway).
     # verbose=0: Keras's own progress lines are hundreds of characters with ANSI escapes;
     # EpochLine writes one readable line per epoch instead.
+    if fit_hook is None and checkpoints:
+        fit_hook = LocalCheckpoints(work, config, resume).fit_hook
     first_epoch, extra = fit_hook(model, best if callbacks else None) if fit_hook else (0, [])
     history = model.fit(train_batches, validation_data=val_batches, epochs=config.epochs,
                         shuffle=False, callbacks=callbacks + lines + extra, verbose=0,
@@ -487,7 +514,65 @@ def train(config: TrainConfig, output: str | Path, *, overwrite: bool = False,
         _write_history(tmp / "history.csv", hist)
         plot_history(hist, [h.name for h in heads], tmp,
                      best_epoch=metrics["best_epoch"] if has_val else None)
+    shutil.rmtree(work, ignore_errors=True)  # the checkpoint served its purpose
+    for aside in work.parent.glob(f"{work.name}.*-*"):
+        shutil.rmtree(aside, ignore_errors=True)
     return TrainResult(bundle, metrics, split)
+
+
+def _finished_run(output: Path, config: TrainConfig) -> TrainResult | None:
+    """The bundle at ``output`` if it is a finished run of ``config``; None if there is none.
+    A bundle of another configuration is refused: resuming it would mean training anew."""
+    if not (output / "labels.json").is_file():
+        return None
+    try:
+        saved = read_json_file(output / "config.json", "run configuration")
+    except FashionNetError:
+        return None
+    if saved != json.loads(json.dumps(config.to_dict(), default=str)):
+        raise FashionNetError(f"{output}: a finished run of another configuration; choose "
+                              f"another --output, or --overwrite to train this one anew")
+    bundle = load_bundle(output)
+    return TrainResult(bundle, bundle.metrics, None)
+
+
+class LocalCheckpoints:
+    """`train`'s fit hook on one machine: a checkpoint after every epoch; with ``resume``,
+    start from the last one. The order in which tf.data shuffles the images restarts on
+    resume (the weights, the optimizer's step and schedule, the best epoch and the history go
+    on): a resumed run ends within run-to-run noise of an uninterrupted one, not bit-equal."""
+
+    def __init__(self, folder: Path, config: TrainConfig, resume: bool):
+        self.folder, self.resume = Path(folder), resume
+        self.config = json.loads(json.dumps(config.to_dict(), default=str))
+
+    def fit_hook(self, model, best) -> tuple[int, list]:
+        history = keras.callbacks.History()
+        first = 0
+        found = latest_checkpoint(self.folder) if self.resume else None
+        if found is not None:
+            state = read_state(found)
+            if state.get("config") != self.config:
+                raise FashionNetError(f"{found}: the checkpoint belongs to another "
+                                      f"configuration; resume with the same settings, or "
+                                      f"train without --resume to start over")
+            first, history.history = restore(model, best, found)
+            log.info("resuming after epoch %d (checkpoint %s)", first, found)
+        elif self.folder.exists() and not self.resume:
+            log.warning("%s: an interrupted run's checkpoint is there; starting over (pass "
+                        "--resume to continue it instead)", self.folder)
+        model.history = history  # what fit returns, even with no epoch left to run
+        return first, [history, _SaveEachEpoch(self.folder, best, history, self.config)]
+
+
+class _SaveEachEpoch(keras.callbacks.Callback):
+    def __init__(self, folder: Path, best, history, config: dict):
+        super().__init__()
+        self.folder, self.best, self.history, self.config = folder, best, history, config
+
+    def on_epoch_end(self, epoch, logs=None):
+        write_checkpoint(self.folder, self.model, self.best, self.history.history, epoch + 1,
+                         extra={"config": self.config})
 
 
 def _public(result: dict) -> dict:

@@ -32,13 +32,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 import keras
-import numpy as np
 
 from fashionnet.bundle import Bundle, load_bundle, recover, update_bundle_file
+from fashionnet.checkpoints import restore, save
 from fashionnet.config import TrainConfig
 from fashionnet.errors import FashionNetError
 from fashionnet.extras import require_cluster, require_training
-from fashionnet.files import read_json_file
 from fashionnet.outputs import check_destination, check_output, dataset_inputs
 
 log = logging.getLogger("fashionnet")
@@ -259,46 +258,3 @@ class _Report(keras.callbacks.Callback):
             ray.train.report(metrics)
         if self.epoch_hook is not None:
             self.epoch_hook(epoch, self.rank)
-
-
-def _arrays(path: Path) -> list[np.ndarray]:
-    with np.load(path, allow_pickle=False) as data:
-        return [data[f"arr_{i}"] for i in range(len(data.files))]
-
-
-def save(model, best, history: dict, epochs_done: int, folder: Path) -> None:
-    """A checkpoint: weights, optimizer state, best-epoch state, history. No pickle."""
-    np.savez(folder / "weights.npz", *model.get_weights())
-    np.savez(folder / "optimizer.npz",
-             *[keras.ops.convert_to_numpy(v) for v in model.optimizer.variables])
-    state: dict = {"epochs_done": epochs_done,
-                   "history": {k: [float(x) for x in v] for k, v in history.items()}}
-    if best is not None:
-        state["best"] = {"scores": [float(s) for s in best.scores],
-                         "key": [float(k) for k in best.best], "epoch": best.best_epoch}
-        if best.best_weights is not None:
-            np.savez(folder / "best_weights.npz", *best.best_weights)
-    (folder / "state.json").write_text(json.dumps(state))
-
-
-def restore(model, best, folder: Path) -> tuple[int, dict]:
-    """Load a checkpoint written by `save` into a compiled model (inside the strategy's
-    scope); returns the number of epochs already done and their history."""
-    state = read_json_file(folder / "state.json", "checkpoint state")
-    model.set_weights(_arrays(folder / "weights.npz"))
-    optimizer = model.optimizer
-    if not optimizer.built:
-        optimizer.build(model.trainable_variables)
-    saved = _arrays(folder / "optimizer.npz")
-    if len(saved) != len(optimizer.variables):
-        raise FashionNetError(f"{folder}: checkpoint has {len(saved)} optimizer variables, the "
-                              f"model {len(optimizer.variables)}")
-    for variable, value in zip(optimizer.variables, saved):
-        variable.assign(value)
-    if best is not None and "best" in state:
-        best.scores = list(state["best"]["scores"])
-        best.best = tuple(state["best"]["key"])
-        best.best_epoch = int(state["best"]["epoch"])
-        if (folder / "best_weights.npz").is_file():
-            best.best_weights = _arrays(folder / "best_weights.npz")
-    return int(state["epochs_done"]), state["history"]
