@@ -136,6 +136,10 @@ def cmd_train(args) -> int:
                               f"manifest)")
     from fashionnet.outputs import check_destination, dataset_inputs
 
+    if args.track:
+        from fashionnet.extras import require
+
+        require("--track mlflow", "track", "mlflow")
     if not args.resume:  # resume decides itself (a finished run is returned as it is)
         check_destination(args.output, dataset_inputs(config.dataset, config.path_column),
                           overwrite=args.overwrite)
@@ -161,7 +165,8 @@ def cmd_train(args) -> int:
     from fashionnet.training import train
 
     result = train(config, args.output, overwrite=args.overwrite,
-                   verbose=2 if args.quiet else "auto", resume=args.resume)
+                   verbose=2 if args.quiet else "auto", resume=args.resume,
+                   track=args.track, tracking_uri=args.tracking_uri)
     print(_metrics_summary(result.metrics))
     print(f"model bundle: {result.bundle.path}")
     return 0
@@ -465,6 +470,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="continue a run that was interrupted, from its last epoch's checkpoint "
                         "(same --output and settings); a finished run is left as it is")
     p.add_argument("--quiet", action="store_true", help="no progress bar while decoding")
+    p.add_argument("--track", choices=["mlflow"],
+                   help="also log the run to MLflow (extra track); TensorBoard logs are always "
+                        "written, to OUTPUT/tensorboard")
+    p.add_argument("--tracking-uri", metavar="URI",
+                   help="with --track mlflow: where runs go (default: MLflow's, ./mlruns)")
     p.add_argument("--workers", type=int, metavar="N",
                    help="data-parallel training on N Ray workers (extra cluster)")
     p.add_argument("--address", metavar="ADDR",

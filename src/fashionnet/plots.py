@@ -85,6 +85,6 @@ def plot_confusion(matrix: np.ndarray, classes: Sequence[str], title: str,
             ax.text(j, i, text(value), ha="center", va="center",
                     color="white" if value > peak / 2 else "black")
     fig.tight_layout()
-    fig.savefig(path, dpi=90)
+    fig.savefig(path, dpi=90, format="png")
     plt.close(fig)
-    return Path(path)
+    return Path(path) if isinstance(path, (str, Path)) else path

@@ -34,6 +34,7 @@ from fashionnet.heads import HeadSpec, combination, encode_targets, fit_classes
 from fashionnet.metrics import (
     accuracy,
     apply_temperature,
+    confusion_matrix,
     cross_entropy,
     exact_match,
     expected_calibration_error,
@@ -48,6 +49,7 @@ from fashionnet.model.fashionnet import (
 from fashionnet.model.layers import HeadAccuracy, HeadLoss
 from fashionnet.outputs import check_destination, dataset_inputs
 from fashionnet.plots import plot_history
+from fashionnet.tracking import mlflow_tracker, tensorboard_callback, write_confusion_images
 
 log = logging.getLogger("fashionnet")
 
@@ -399,15 +401,23 @@ def work_folder(output: str | Path) -> Path:
     return output.with_name(f".{output.name}.run")
 
 
+def checkpoint_folder(output: str | Path) -> Path:
+    """The last epoch's checkpoint of a run that is training (or was killed)."""
+    return work_folder(output) / "checkpoint"
+
+
 def train(config: TrainConfig, output: str | Path, *, overwrite: bool = False,
           verbose: int | str = "auto", data: Dataset | None = None,
           fit_hook: FitHook | None = None, resume: bool = False,
-          checkpoints: bool = True) -> TrainResult:
+          checkpoints: bool = True, track: str | None = None,
+          tracking_uri: str | None = None) -> TrainResult:
     """Train on ``config.dataset`` and write a bundle at ``output`` (atomically).
 
     Every epoch ends with a checkpoint in `work_folder` (``checkpoints``); ``resume``
     continues a run that was killed from its last one (same output, same configuration), and
     returns a finished run as it is. The work folder is removed once the bundle is written.
+    TensorBoard logs are written for every run (`fashionnet.tracking`); ``track="mlflow"``
+    also logs the run to MLflow at ``tracking_uri``.
     """
     output = Path(output)
     recover(output)  # a bundle set aside by a killed --overwrite comes back first
@@ -417,7 +427,7 @@ def train(config: TrainConfig, output: str | Path, *, overwrite: bool = False,
         if finished is not None:
             log.info("%s: this run has finished already; nothing to resume", output)
             return finished
-        if latest_checkpoint(work) is None:
+        if latest_checkpoint(checkpoint_folder(output)) is None:
             log.info("%s: no checkpoint of an interrupted run; starting from epoch 1", output)
     # Before minutes of training, not after: never the dataset, never a folder of the user's.
     check_destination(output, dataset_inputs(config.dataset, config.path_column)
@@ -451,11 +461,21 @@ def train(config: TrainConfig, output: str | Path, *, overwrite: bool = False,
     # verbose=0: Keras's own progress lines are hundreds of characters with ANSI escapes;
     # EpochLine writes one readable line per epoch instead.
     if fit_hook is None and checkpoints:
-        fit_hook = LocalCheckpoints(work, config, resume).fit_hook
+        fit_hook = LocalCheckpoints(checkpoint_folder(output), config, resume).fit_hook
     first_epoch, extra = fit_hook(model, best if callbacks else None) if fit_hook else (0, [])
-    history = model.fit(train_batches, validation_data=val_batches, epochs=config.epochs,
-                        shuffle=False, callbacks=callbacks + lines + extra, verbose=0,
-                        initial_epoch=first_epoch)
+    board = work / "tensorboard"
+    trackers = [tensorboard_callback(board)]
+    mlflow_run = mlflow_tracker(track, tracking_uri, "fashionnet", output.name, config.to_dict())
+    if mlflow_run is not None:
+        trackers.append(mlflow_run)
+    try:
+        history = model.fit(train_batches, validation_data=val_batches, epochs=config.epochs,
+                            shuffle=False, callbacks=callbacks + trackers + lines + extra,
+                            verbose=0, initial_epoch=first_epoch)
+    except BaseException:
+        if mlflow_run is not None:
+            mlflow_run.finish({}, None, failed=True)
+        raise
     fit_seconds = time.perf_counter() - started
     if verbose != 0:
         log.info("trained in %.0f s; now re-estimating BatchNorm statistics, testing, "
@@ -501,6 +521,15 @@ def train(config: TrainConfig, output: str | Path, *, overwrite: bool = False,
     }
     bundle = Bundle(output, heads, Preprocessing(size=config.input_size), trained_combos,
                     temperatures, metrics, version=time.strftime("%Y%m%dT%H%M%S"))
+    if test_result["count"]:
+        matrices = {}
+        for h, p in zip(heads, test_result["_probs"]):
+            t = targets["test"][h.output_name]
+            rows = t.min(axis=1) >= 0  # labelled rows (unknown labels are rows of -1)
+            if not h.multi and rows.any():
+                matrices[h.name] = (confusion_matrix(t[rows].argmax(1), p[rows].argmax(1),
+                                                     len(h.classes)), h.classes)
+        write_confusion_images(board, matrices, epochs_run)
     with atomic_directory(output, overwrite=overwrite, command="train") as tmp:
         model.save(tmp / "model.keras")
         write_json(tmp / "labels.json", bundle.labels_document())
@@ -514,6 +543,10 @@ def train(config: TrainConfig, output: str | Path, *, overwrite: bool = False,
         _write_history(tmp / "history.csv", hist)
         plot_history(hist, [h.name for h in heads], tmp,
                      best_epoch=metrics["best_epoch"] if has_val else None)
+        if board.is_dir():
+            shutil.copytree(board, tmp / "tensorboard")
+    if mlflow_run is not None:
+        mlflow_run.finish(metrics, output)
     shutil.rmtree(work, ignore_errors=True)  # the checkpoint served its purpose
     for aside in work.parent.glob(f"{work.name}.*-*"):
         shutil.rmtree(aside, ignore_errors=True)
