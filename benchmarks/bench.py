@@ -11,6 +11,16 @@ configuration (architecture, input size, augmentation, recolouring) through our 
 The recipe column of the latency rows uses an (untrained) recipe network: speed does not depend
 on the weights. Writes results/benchmarks.{md,json}. Needs ../shared/datasets and a bundle
 exported to ONNX (`fashionnet export MODEL`).
+
+    python benchmarks/bench.py --only serving [--model BUNDLE] [--repeats 5]
+
+Serving and labelling rows only (issue 36), for the shipped model unless --model is given:
+folder labelling over the 2,518-image fashion folder (decode only on every core, model only on
+batches of 32 of already-decoded images, end to end with decoding overlapped with inference, and
+end to end the old way: decode a batch, then run it), float32 and int8 (when model.int8.onnx
+is there or can be made), the four taking turns for --repeats rounds; then the HTTP server via
+benchmarks/load_test.py (its own interleaved rounds: in-process baselines, then 1 / 8 / 16 / 32
+clients, then SIGTERM under load). Writes results/benchmarks_serving.{md,json}.
 """
 
 from __future__ import annotations
@@ -198,13 +208,126 @@ def warm(model: Path, recipe_model: Path, photo: Path, repeats: int) -> dict:
     return out
 
 
+def labelling_rounds(model: Path, repeats: int, precision: str) -> dict[str, list[float]]:
+    """img/s over the whole fashion folder: decode only, model only, end to end (overlapped),
+    end to end (decode a batch, then run it), taking turns ``repeats`` times."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from fashionnet.inference import load
+    from fashionnet.runtime.runners import cores
+
+    predictor = load(model, precision=precision)
+    predictor.batch_size = 64  # `fashionnet classify`'s default
+    paths = files(FASHION)
+    images = np.stack([predictor.decode(p) for p in paths])  # also warms the file cache
+
+    def decode_only():
+        with ThreadPoolExecutor(cores()) as pool:
+            list(pool.map(predictor.decode, paths))
+
+    def model_only():
+        for start in range(0, len(images), 32):
+            predictor.predict_probabilities(images[start:start + 32])
+
+    def sequential():  # the old predict_files: a batch decoded, then run, then the next
+        with ThreadPoolExecutor(cores()) as pool:
+            for start in range(0, len(paths), predictor.batch_size):
+                chunk = list(pool.map(predictor.decode, paths[start:start + predictor.batch_size]))
+                predictor.predict_arrays(np.stack(chunk))
+
+    runs = {"decode_only": decode_only, "model_only_batch32": model_only,
+            "end_to_end": lambda: predictor.predict_files(paths),
+            "end_to_end_sequential": sequential}
+    out: dict[str, list[float]] = {k: [] for k in runs}
+    model_only()
+    for _ in range(repeats):
+        for name, fn in runs.items():
+            start = time.perf_counter()
+            fn()
+            out[name].append(len(paths) / (time.perf_counter() - start))
+    return out
+
+
+def serving(args) -> int:
+    from fashionnet.default_model import default_model_path
+    from fashionnet.runtime.export import export_int8
+
+    model = args.model or default_model_path()
+    work = Path(tempfile.mkdtemp(prefix="fashionnet-bench-"))
+    bundle = work / "bundle"
+    shutil.copytree(model, bundle, ignore=shutil.ignore_patterns("__init__.py", "__pycache__"))
+    precisions = ["fp32"]
+    if not (bundle / "model.int8.onnx").is_file():
+        try:
+            export_int8(bundle, FASHION)
+        except Exception as exc:  # noqa: BLE001 - reported, the float32 rows still run
+            print(f"no int8 rows: {exc}", file=sys.stderr)
+    if (bundle / "model.int8.onnx").is_file():
+        precisions.append("int8")
+    labelling = {}
+    load_before = os.getloadavg()[0]
+    for precision in precisions:
+        runs = labelling_rounds(bundle, args.repeats, precision)
+        ratios = [e / min(m, d) for e, m, d in zip(runs["end_to_end"],
+                                                    runs["model_only_batch32"],
+                                                    runs["decode_only"])]
+        labelling[precision] = {**{k: spread(v) for k, v in runs.items()},
+                                "end_to_end_vs_min_model_decode": spread(ratios), "runs": runs}
+        print(precision, json.dumps({k: round(v["median"], 2) for k, v in
+                                     labelling[precision].items() if isinstance(v, dict)}),
+              flush=True)
+    shutil.rmtree(work, ignore_errors=True)
+    load_out = ROOT / "results" / "load_test"
+    command = [sys.executable, str(ROOT / "benchmarks" / "load_test.py"), "--rounds",
+               str(args.repeats), "--seconds", "6", "--shutdown", "--out", str(load_out)]
+    if args.model:
+        command += ["--model", str(args.model)]
+    subprocess.run(command, cwd=ROOT, check=False)
+    load = json.loads(load_out.with_suffix(".json").read_text())
+    info = {"command": "python benchmarks/bench.py " + " ".join(sys.argv[1:]),
+            "machine": f"{platform.machine()}, {len(os.sched_getaffinity(0))} cores, "
+                       f"{platform.python_version()}, load average before {load_before:.1f}",
+            "date": time.strftime("%Y-%m-%d %H:%M"),
+            "model": str(args.model or "shipped default"), "folder": str(FASHION),
+            "images": len(files(FASHION)), "labelling": labelling,
+            "load_test": load["summary"], "shutdown_under_load": load["shutdown_under_load"]}
+    out = ROOT / "results" / "benchmarks_serving"
+    out.with_suffix(".json").write_text(json.dumps(info, indent=2) + "\n")
+
+    def mmm(d, fmt="{:.0f}"):
+        return " / ".join(fmt.format(d[k]) for k in ("min", "median", "max"))
+
+    lines = ["# Serving and labelling benchmarks", "",
+             f"`{info['command']}` on {info['machine']}, {info['date']}; model "
+             f"{info['model']}; min / median / max over {args.repeats} interleaved rounds.", "",
+             f"## Labelling a folder ({info['images']} images of {FASHION.name}), img/s", "",
+             "| model | decode only (all cores) | model only (batches of 32) | end to end, "
+             "overlapped | end to end, old way (decode a batch, then run it) | end to end / "
+             "min(model, decode) |", "| --- | --- | --- | --- | --- | --- |"]
+    for precision, row in labelling.items():
+        lines.append(f"| {precision} | {mmm(row['decode_only'])} | "
+                     f"{mmm(row['model_only_batch32'])} | {mmm(row['end_to_end'])} | "
+                     f"{mmm(row['end_to_end_sequential'])} | "
+                     f"{mmm(row['end_to_end_vs_min_model_decode'], '{:.2f}')} |")
+    lines += ["", "## HTTP server (results/load_test.md has the full table)", ""]
+    lines += [line for line in (ROOT / "results" / "load_test.md").read_text().splitlines()
+              if line.startswith("|") or line.startswith("SIGTERM")]
+    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--model", type=Path)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--train-steps", type=int, default=30, help="timed batches of 32")
     parser.add_argument("--child", nargs="*")
+    parser.add_argument("--only", choices=["all", "serving"], default="all",
+                        help="serving: only the labelling and HTTP server rows (issue 36)")
     args = parser.parse_args()
+    if args.only == "serving":
+        return serving(args)
     if args.child:
         print(json.dumps(child_train(args.child[0], int(args.child[1]))))
         return 0

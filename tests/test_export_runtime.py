@@ -123,3 +123,26 @@ def test_garment_map_model_exports_with_parity(tiny_dataset, tmp_path, rng, by_c
     score.set_weights([np.ones_like(w) for w in score.get_weights()])
     model.save(path / "model.keras")
     _export_and_compare(path, rng)
+
+
+def test_int8_export_is_loadable_and_chosen_by_auto(exported, tiny_dataset, tmp_path):
+    """`export --int8` writes model.int8.onnx (labels carried over, softmax left in float);
+    auto runs it, fp32 still runs model.onnx, and the answers stay close."""
+    from fashionnet.runtime.export import onnx_labels
+
+    path = tmp_path / "run"
+    shutil.copytree(exported, path)
+    assert main(["export", str(path), "--int8", "--calibration", str(tiny_dataset)]) == 0
+    assert onnx_labels(path / "model.int8.onnx") == onnx_labels(path / "model.onnx")
+    fp32 = load(path, precision="fp32")
+    auto = load(path)
+    assert fp32.precision == "fp32" and auto.precision == "int8" and auto.backend == "onnx"
+    photos = sorted(tiny_dataset.rglob("*.png")) + sorted(tiny_dataset.rglob("*.jpg"))
+    images = np.stack([fp32.decode(p) for p in photos[::3]])
+    for a, b in zip(fp32.predict_probabilities(images), auto.predict_probabilities(images)):
+        assert a.shape == b.shape and np.mean(a.argmax(1) == b.argmax(1)) >= 0.9
+        assert np.allclose(b.sum(axis=1), 1, atol=1e-5)  # still a softmax, not 8-bit steps
+    (path / "model.int8.onnx").unlink()
+    assert load(path).precision == "fp32"
+    with pytest.raises(Exception, match="model.int8.onnx: missing"):
+        load(path, precision="int8")
