@@ -439,6 +439,25 @@ def cmd_serve(args) -> int:
     return 0
 
 
+def cmd_runs(args) -> int:
+    from fashionnet.runs import format_runs, runs_table
+
+    rows, notes = runs_table(args.folder)
+    for note in notes:
+        print(note, file=sys.stderr)
+    if not rows:
+        raise FashionNetError(f"{args.folder}: no model bundles (folders with labels.json) in it")
+    sys.stdout.write(format_runs(rows, args.format))
+    return 0
+
+
+def cmd_card(args) -> int:
+    from fashionnet.model_card import write_model_card
+
+    print(f"wrote {write_model_card(args.model)}")
+    return 0
+
+
 def cmd_doctor(args) -> int:
     from fashionnet.doctor import run_doctor
 
@@ -569,6 +588,16 @@ def build_parser() -> argparse.ArgumentParser:
                         "the config then says allow_outside = true")
     p.add_argument("--overwrite", action="store_true", help="replace an existing file")
     p.set_defaults(func=cmd_init_config)
+
+    p = sub.add_parser("runs", help="list the runs in a folder with their key figures")
+    p.add_argument("folder", type=Path, nargs="?", default=Path("runs"),
+                   help="folder holding bundles (default: runs)")
+    p.add_argument("--format", choices=["table", "csv"], default="table")
+    p.set_defaults(func=cmd_runs)
+
+    p = sub.add_parser("card", help="write a bundle's MODEL_CARD.md again (after evaluate)")
+    p.add_argument("model", type=Path, help="bundle folder")
+    p.set_defaults(func=cmd_card)
 
     p = sub.add_parser("export", help="export a bundle's model (ONNX, SavedModel)")
     p.add_argument("model", type=Path, help="bundle folder; the export is written into it")

@@ -47,6 +47,7 @@ from fashionnet.model.fashionnet import (
     predict_probabilities,
 )
 from fashionnet.model.layers import HeadAccuracy, HeadLoss
+from fashionnet.model_card import CARD_FILE, render_model_card
 from fashionnet.outputs import check_destination, dataset_inputs
 from fashionnet.plots import plot_history
 from fashionnet.tracking import mlflow_tracker, tensorboard_callback, write_confusion_images
@@ -508,6 +509,11 @@ def train(config: TrainConfig, output: str | Path, *, overwrite: bool = False,
     if warning:
         log.warning("%s", warning)
     trained_combos = sorted({combination(data.records[i].labels, heads) for i in split.train})
+    per_combination: dict[str, dict[str, int]] = {}
+    for name in ("train", "val", "test"):
+        for i in getattr(split, name):
+            combo = combination(data.records[i].labels, heads)
+            per_combination.setdefault(combo, {"train": 0, "val": 0, "test": 0})[name] += 1
     metrics = {
         "split": split.summary(),
         "skipped_files": len(data.skipped),
@@ -518,6 +524,7 @@ def train(config: TrainConfig, output: str | Path, *, overwrite: bool = False,
         "train": _public(train_result),
         "val": _public(val_result) if val_result else None,
         "test": _public(test_result),
+        "combinations": dict(sorted(per_combination.items())),
     }
     bundle = Bundle(output, heads, Preprocessing(size=config.input_size), trained_combos,
                     temperatures, metrics, version=time.strftime("%Y%m%dT%H%M%S"))
@@ -529,6 +536,8 @@ def train(config: TrainConfig, output: str | Path, *, overwrite: bool = False,
             if not h.multi and rows.any():
                 matrices[h.name] = (confusion_matrix(t[rows].argmax(1), p[rows].argmax(1),
                                                      len(h.classes)), h.classes)
+                metrics["test"]["heads"][h.name]["confusion_matrix"] = \
+                    matrices[h.name][0].tolist()
         write_confusion_images(board, matrices, epochs_run)
     with atomic_directory(output, overwrite=overwrite, command="train") as tmp:
         model.save(tmp / "model.keras")
@@ -545,6 +554,7 @@ def train(config: TrainConfig, output: str | Path, *, overwrite: bool = False,
                      best_epoch=metrics["best_epoch"] if has_val else None)
         if board.is_dir():
             shutil.copytree(board, tmp / "tensorboard")
+        (tmp / CARD_FILE).write_text(render_model_card(tmp, final=output), encoding="utf-8")
     if mlflow_run is not None:
         mlflow_run.finish(metrics, output)
     shutil.rmtree(work, ignore_errors=True)  # the checkpoint served its purpose
