@@ -439,6 +439,29 @@ def cmd_serve(args) -> int:
     return 0
 
 
+def cmd_tune(args) -> int:
+    from fashionnet.extras import require_cluster, require_training
+
+    config = _config_from_args(args)
+    require_cluster("fashionnet tune")
+    require_training("fashionnet tune")
+    if not config.dataset:
+        raise FashionNetError("no dataset given: fashionnet tune --dataset PHOTOS_OR_MANIFEST")
+    from fashionnet.tuning import tune
+
+    summary = tune(config, args.output, trials=args.trials, objective=args.objective,
+                   holdout=_names(args.tune_holdout) if args.tune_holdout else None,
+                   settings=_names(args.settings) if args.settings else None,
+                   max_concurrent=args.max_concurrent, cpus_per_trial=args.cpus_per_trial,
+                   address=args.address, seed=args.seed or 0, overwrite=args.overwrite)
+    print((Path(args.output) / "trials.md").read_text())
+    best = summary["best"]
+    print(f"best {summary['metric']} {100 * best[summary['metric']]:.2f} %: "
+          f"{Path(args.output) / 'best.toml'} (fashionnet train --config "
+          f"{Path(args.output) / 'best.toml'} --output runs/tuned)")
+    return 0
+
+
 def cmd_runs(args) -> int:
     from fashionnet.runs import format_runs, runs_table
 
@@ -589,6 +612,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace an existing file")
     p.set_defaults(func=cmd_init_config)
 
+    p = sub.add_parser("tune", help="search settings on Ray Tune for seen or unseen "
+                                    "combinations (extra cluster)")
+    _add_train_options(p)
+    p.add_argument("--output", type=Path, required=True,
+                   help="folder for best.toml, trials.csv and trials.md")
+    p.add_argument("--trials", type=int, default=8, metavar="N", help="configurations to try")
+    p.add_argument("--objective", choices=["heldout", "val"], default="heldout",
+                   help="heldout: exact match on combinations kept out of each trial's "
+                        "training; val: validation exact match")
+    p.add_argument("--tune-holdout", metavar="COMBO,...",
+                   help="with --objective heldout: the combinations kept out (default: the "
+                        "largest one that can be)")
+    p.add_argument("--settings", metavar="NAME,...",
+                   help="tune only these (default: every setting declared tunable)")
+    p.add_argument("--max-concurrent", type=int, metavar="K",
+                   help="trials at once (default: as many as the CPUs allow)")
+    p.add_argument("--cpus-per-trial", type=float, default=1.0, metavar="C")
+    p.add_argument("--address", metavar="ADDR", help="an existing Ray cluster")
+    p.add_argument("--overwrite", action="store_true", help="replace an earlier tune folder")
+    p.set_defaults(func=cmd_tune)
+
     p = sub.add_parser("runs", help="list the runs in a folder with their key figures")
     p.add_argument("folder", type=Path, nargs="?", default=Path("runs"),
                    help="folder holding bundles (default: runs)")
@@ -736,7 +780,7 @@ def _dataset_hint(parser: argparse.ArgumentParser) -> str:
     """``fashionnet train photos/`` -> '; did you mean --dataset photos/?'"""
     argv = _Parser.argv
     command = next((a for a in argv if not a.startswith("-")), None)
-    if command not in ("train", "study", "init-config") or any(
+    if command not in ("train", "study", "tune", "init-config") or any(
             a == "--dataset" or a.startswith("--dataset=") for a in argv):
         return ""
     for action in parser._actions:  # the error may come from the top parser: find the command's

@@ -116,6 +116,9 @@ class Setting:
     open_min: bool = False  # minimum itself not allowed
     open_max: bool = False
     metavar: str | None = None
+    #: What `fashionnet tune` may try for this setting: ("log", low, high), ("uniform", low,
+    #: high), ("int", low, high) or ("choice", value, ...); empty: not tuned.
+    search: tuple = ()
 
     def check(self, name: str, value: Any) -> str | None:
         """Why ``value`` is not allowed, or None."""
@@ -181,9 +184,10 @@ SETTINGS: dict[str, Setting] = {
     "bn_momentum": Setting(float, "BatchNorm moving-average momentum", minimum=0.0,
                            maximum=1.0, open_min=True, open_max=True, metavar="M"),
     "epochs": Setting(int, "passes over the training images", minimum=1, metavar="N"),
-    "batch_size": Setting(int, "images per training step", minimum=1, metavar="N"),
+    "batch_size": Setting(int, "images per training step", minimum=1, metavar="N",
+                          search=("choice", 16, 32, 64)),
     "learning_rate": Setting(float, "Adam's (peak) learning rate", minimum=0.0, open_min=True,
-                             metavar="LR"),
+                             metavar="LR", search=("log", 2e-4, 3e-3)),
     "lr_decay": Setting(str, "recipe: inverse-time per step; cosine: 1-epoch warm-up then "
                              "cosine to zero; none: constant", choices=LR_DECAYS),
     "split": Setting(str, "standard: train/validation/test; recipe: 80/20, test used as "
@@ -210,10 +214,11 @@ SETTINGS: dict[str, Setting] = {
     "random_backdrop": Setting(float, "share of training images whose category-branch input "
                                       "gets its plain backdrop replaced by a random texture "
                                       "(gradient, blotches, stripes, grain)", minimum=0.0,
-                               maximum=1.0, metavar="P"),
+                               maximum=1.0, metavar="P", search=("uniform", 0.0, 0.8)),
     "category_dropout": Setting(float, "dropout after each of the category branch's three "
                                        "convolution blocks (the recipe's 0.25)", minimum=0.0,
-                                maximum=1.0, open_max=True, metavar="P"),
+                                maximum=1.0, open_max=True, metavar="P",
+                                search=("uniform", 0.0, 0.4)),
     "local_contrast": Setting(bool, "divide the category branch's grayscale input by its local "
                                     "contrast, so a faint outline (white on white) counts as "
                                     "much as a sharp one"),
@@ -226,7 +231,8 @@ SETTINGS: dict[str, Setting] = {
                                           "the garment the label is about (outfit photos); "
                                           "implies garment_map"),
     "recolor": Setting(float, "share of training images repainted in another colour, label "
-                              "moved with it", minimum=0.0, maximum=1.0, metavar="P"),
+                              "moved with it", minimum=0.0, maximum=1.0, metavar="P",
+                      search=("uniform", 0.2, 0.8)),
     "recolor_outside": Setting(float, "share of training images repainted in a colour outside "
                                       "the colour head's label set, colour label masked: the "
                                       "other heads see garments in colours the data lacks",
@@ -236,7 +242,8 @@ SETTINGS: dict[str, Setting] = {
                                      "colour head recolouring relabels; a head's own "
                                      "class_weights win"),
     "label_smoothing": Setting(float, "label smoothing of the single-label losses", minimum=0.0,
-                               maximum=1.0, open_max=True, metavar="E"),
+                               maximum=1.0, open_max=True, metavar="E",
+                               search=("uniform", 0.0, 0.15)),
     "patience": Setting(int, "stop after N epochs without validation gain (0: never)",
                         minimum=0, metavar="N"),
     "strict": Setting(bool, "fail on the first unreadable image instead of skipping it"),
@@ -247,6 +254,19 @@ SETTINGS: dict[str, Setting] = {
     "precise_bn": Setting(bool, "re-estimate BatchNorm statistics on training images after "
                                 "training (and after each early epoch)"),
 }
+
+
+def search_space(names: list[str] | None = None) -> dict[str, tuple]:
+    """The settings `fashionnet tune` varies (``names``: a subset), with their ranges: declared
+    on each `Setting`, not in a second list."""
+    space = {name: s.search for name, s in SETTINGS.items() if s.search}
+    if names:
+        unknown = [n for n in names if n not in space]
+        if unknown:
+            raise FashionNetError(f"cannot tune {unknown}; tunable settings: "
+                                  f"{', '.join(space)}")
+        space = {n: space[n] for n in names}
+    return space
 
 
 def describe_default(name: str) -> str:

@@ -129,3 +129,31 @@ def write_config(dataset: str | Path, output: str | Path, heads: str | None = No
     except OSError as exc:
         raise FashionNetError(f"{output}: cannot write ({exc.strerror or exc})") from None
     return output
+
+
+def config_to_toml(config: TrainConfig, relative_to: str | Path | None = None,
+                   header: str = "") -> str:
+    """A whole configuration as TOML that `TrainConfig.from_toml` reads back to the same
+    settings: unset (architecture-default) settings are left out, the dataset is written
+    relative to ``relative_to`` (the file's folder), heads as [[heads]] tables."""
+    data = config.to_dict()
+    lines = [f"# {line}" for line in header.splitlines()] + ([""] if header else [])
+    for name, value in data.items():
+        if name == "heads" or value is None or config.follows_architecture(name):
+            continue
+        if name == "dataset" and value and relative_to is not None:
+            value = Path(os.path.relpath(os.path.abspath(value),
+                                         os.path.abspath(relative_to))).as_posix()
+        lines.append(f"{name} = {toml_value(value)}")
+    for head in data["heads"]:
+        lines += ["", "[[heads]]"]
+        for key, value in head.items():
+            if value is None:
+                continue
+            if isinstance(value, dict):
+                inner = ", ".join(f"{toml_string(str(k))} = {toml_value(v)}"
+                                  for k, v in value.items())
+                lines.append(f"{key} = {{ {inner} }}")
+            else:
+                lines.append(f"{key} = {toml_value(value)}")
+    return "\n".join(lines) + "\n"
