@@ -1,9 +1,10 @@
 """What `fashionnet doctor` finds on ``../shared/datasets/apparel`` as published.
 
 Trains a quick model on apparel (unless the run exists), runs the doctor with it, and writes
-``results/doctor/apparel/``: ``summary.md`` (issue counts, the top flagged label issues),
-``top.json`` and a few small thumbnails of the worst ones (never the dataset's images
-themselves).
+``results/doctor/apparel/``: ``summary.md`` (issue counts, the top flagged label issues,
+named by their path in the dataset) and ``top.json``. No image of the dataset, not even a
+thumbnail, is written into the repository: its README forbids committing them; open the
+paths in ``../shared/datasets/apparel`` (or the doctor's own report.html) to see them.
 
     python benchmarks/doctor_apparel.py          # ~10-15 min of training the first time
 """
@@ -17,9 +18,6 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "src"))
-
-from fashionnet.doctor.report import thumbnail  # noqa: E402
 
 
 def main() -> int:
@@ -28,7 +26,7 @@ def main() -> int:
     parser.add_argument("--run", type=Path, default=REPO / "runs/doctor_apparel")
     parser.add_argument("--report", type=Path, default=Path("/tmp/fashionnet_doctor_apparel"))
     parser.add_argument("--results", type=Path, default=REPO / "results/doctor/apparel")
-    parser.add_argument("--top", type=int, default=12, help="label issues shown with thumbnails")
+    parser.add_argument("--top", type=int, default=12, help="label issues listed")
     parser.add_argument("--reuse", action="store_true", help="keep the doctor's report if present")
     args = parser.parse_args()
 
@@ -43,13 +41,8 @@ def main() -> int:
     issues = document["issues"]
     top = [row for row in issues if row["issue"] == "label_issue"][:args.top]
     args.results.mkdir(parents=True, exist_ok=True)
-    for old in args.results.glob("*.jpg"):
+    for old in args.results.glob("*.jpg"):  # thumbnails an earlier version wrote
         old.unlink()
-    for rank, row in enumerate(top, start=1):
-        data = thumbnail(args.dataset / row["path"], side=96, quality=75)
-        if data:
-            row["thumbnail"] = f"{rank:02d}_{Path(row['path']).stem}.jpg"
-            (args.results / row["thumbnail"]).write_bytes(data)
     conflicts = [row for row in issues if row["issue"] == "duplicate_label_conflict"]
     summary = {key: document[key] for key in ("images", "issue_counts", "out_of_sample_sources",
                                               "notes", "seconds")}
@@ -73,11 +66,11 @@ def render(summary: dict, top: list[dict], conflicts: list[dict],
         f"{head}: {s['held-out']} held-out, {s['cross-validated']} cross-validated"
         for head, s in summary["out_of_sample_sources"].items()) + ".", "",
         "## Top label issues (worst first)", "",
-        "| | image | head | given | suggested | score | from |",
-        "| --- | --- | --- | --- | --- | --- | --- |"]
+        f"Images named by their path in `{args.dataset}` (none is committed here).", "",
+        "| image | head | given | suggested | score | from |",
+        "| --- | --- | --- | --- | --- | --- |"]
     for row in top:
-        image = f"![]({row['thumbnail']})" if row.get("thumbnail") else ""
-        lines.append(f"| {image} | `{row['path']}` | {row['head']} | {row['given']} | "
+        lines.append(f"| `{row['path']}` | {row['head']} | {row['given']} | "
                      f"{row['suggested']} | {row['score']:.3f} | {row['source']} |")
     groups = sorted({row["group"] for row in conflicts})
     lines += ["", f"Duplicate sets whose labels disagree: {len(groups)} (first ones: "
