@@ -198,3 +198,23 @@ def test_a_killed_worker_resumes_from_the_last_checkpoint(ray_local, tiny_datase
     history = (tmp_path / "run" / "history.csv").read_text().splitlines()
     assert [line.split(",")[0] for line in history[1:]] == ["1", "2", "3"]
     assert np.isfinite(result.metrics["test"]["exact_match"])
+
+
+def test_ray_workers_start_with_the_noisy_loggers_silenced(monkeypatch):
+    """The Ray training path printed 216 stderr lines for 3 useful ones: 124 of them Ray
+    Train's placement-group cleaner saying, every few seconds, that the state API (which
+    needs the dashboard we do not start) is unavailable; and colour escapes in a log file."""
+    ray = pytest.importorskip("ray")
+    from fashionnet import cluster
+
+    seen = {}
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", lambda **kwargs: seen.update(kwargs))
+    monkeypatch.delenv("RAY_COLOR_PREFIX", raising=False)
+    cluster.connect(num_cpus=1)
+    hook = seen["runtime_env"]["worker_process_setup_hook"]
+    assert hook == "fashionnet.cluster.quiet_worker_logs"
+    assert os.environ.get("RAY_COLOR_PREFIX") == "0"  # pytest's stderr is not a terminal
+    cluster.quiet_worker_logs()
+    for name in cluster.NOISY_RAY_LOGGERS:
+        assert logging.getLogger(name).getEffectiveLevel() >= logging.ERROR

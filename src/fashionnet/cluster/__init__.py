@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import sys
 
 log = logging.getLogger("fashionnet")
 
@@ -36,12 +37,31 @@ def connect(address: str | None = None, num_cpus: int | None = None) -> None:
         return
     # Our workers log through the `fashionnet` logger; Ray's own start-up lines are noise.
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
-    kwargs: dict = {"include_dashboard": False, "logging_level": logging.WARNING}
+    if not sys.stderr.isatty():  # a log file gets no colour escapes around worker prefixes
+        os.environ.setdefault("RAY_COLOR_PREFIX", "0")
+    kwargs: dict = {"include_dashboard": False, "logging_level": logging.WARNING,
+                    "runtime_env": {"worker_process_setup_hook":
+                                    "fashionnet.cluster.quiet_worker_logs"}}
     if address:
         check_address(address)
         ray.init(address=address, **kwargs)
     else:
         ray.init(num_cpus=num_cpus, **kwargs)
+
+
+#: Loggers of Ray's own that repeat a line many times a minute in every run here: without the
+#: dashboard (we start none) Ray Train's placement-group cleaner cannot reach the state API
+#: and says so every few seconds, forever; nothing is wrong and nobody can act on it.
+NOISY_RAY_LOGGERS = ("ray.train.v2._internal.execution.controller.placement_group_cleaner",)
+
+
+def quiet_worker_logs() -> None:
+    """Ray's worker-process setup hook: silence `NOISY_RAY_LOGGERS`, and TensorFlow's C++
+    start-up lines (the `fashionnet` logger's lines still come through)."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    for name in NOISY_RAY_LOGGERS:
+        logging.getLogger(name).setLevel(logging.ERROR)
+    logging.getLogger("ray.train").setLevel(logging.WARNING)  # per-report lines, per worker
 
 
 def check_address(address: str, timeout: float = CONNECT_TIMEOUT) -> None:

@@ -21,6 +21,7 @@ in place of the TensorFlow strategy; only the TensorFlow path is implemented and
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -140,7 +141,13 @@ def _worker(params: dict) -> None:
     the ordinary `train` in its scope."""
     # Ray's TensorFlow backend asks for tf.keras 2 (tf_keras); FashionNet is Keras 3.
     os.environ.pop("TF_USE_LEGACY_KERAS", None)
+    from fashionnet.extras import import_keras_quietly
+
+    import_keras_quietly()  # TensorFlow's C++ start-up lines, once per worker, are noise
     import tensorflow as tf
+
+    # "Using MirroredStrategy...", "Collective all_reduce tensors..." on every step: INFO.
+    tf.get_logger().setLevel(logging.WARNING)
 
     strategy = tf.distribute.MultiWorkerMirroredStrategy()
     import ray.train
@@ -160,6 +167,17 @@ def _worker(params: dict) -> None:
         log.addHandler(handler)
         log.setLevel(logging.INFO)
         log.propagate = False
+    elif not chief:  # the other workers' "found N images" would repeat the chief's
+        log.setLevel(logging.WARNING)
+    # Ray Train v2 reports each epoch ("Reporting training result ...") at INFO, per worker,
+    # through a logger named after its source file.
+    names = ["ray.train", "ray.train.v2"]
+    with contextlib.suppress(ImportError, AttributeError):
+        from ray.train.v2._internal.execution import context as train_context
+
+        names.append(train_context.__file__)
+    for name in names:
+        logging.getLogger(name).setLevel(logging.WARNING)
     scratch = None if chief else tempfile.mkdtemp(prefix="fashionnet-worker-")
     output = Path(params["output"]) if chief else Path(scratch) / "bundle"
     checkpoints = _Checkpoints(rank, context.get_world_size(), params["epoch_hook"])
