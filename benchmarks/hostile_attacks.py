@@ -703,7 +703,8 @@ def round_two_attacks(model: Path, work: Path, with_ray: bool) -> None:
         record(kind, "train --workers 2 --storage DIR (DIR holds a user's file)",
                "clear" if code == 0 and kept and not (storage / "fashionnet-ray-run").exists()
                else ("loss" if not kept else _refusal(code, err)),
-               f"exit {code}; user's file {'kept' if kept else 'DELETED'}")
+               f"exit {code}; user's file {'kept' if kept else 'DELETED'}: "
+               f"{err.strip()[-160:]}")
         code, err, _ = run_cmd("train", "--dataset", photos, "--output", root / "r",
                                "--workers", "2", "--address", "127.0.0.1:1", timeout=90)
         record(kind, "train --workers --address 127.0.0.1:1 (nothing listens)",
