@@ -13,8 +13,8 @@ Each round, in this order, on the same photo and model:
   1. in-process baselines in a fresh process: one call (decode + model, batch 1; what a
      request costs without HTTP), and the model alone on batches of 32 (img/s);
   2. each client level: requests/s, p50/p99 latency, errors (any non-200, any broken
-     connection), the server's peak RSS during the level (VmHWM, reset before each level),
-     and the batcher's mean batch size.
+     connection), the server's peak resident memory during the level (VmRSS sampled every
+     50 ms), its CPU time per request, and the batcher's mean batch size.
 Rounds are interleaved so that every figure sees the same machine; the tables give min /
 median / max over rounds. ``--shutdown`` then puts 32 clients on the server, sends SIGTERM,
 and times the exit, sorting what the clients got after the signal: answers (200), refusals
@@ -160,14 +160,24 @@ async def client(port: int, request: bytes, stop_at: float, budget: list[int], t
 
 
 def run_level(port: int, request: bytes, clients: int, seconds: float,
-              max_requests: int) -> tuple[Tally, float]:
+              max_requests: int, pid: int | None = None) -> tuple[Tally, float]:
     tally = Tally()
+    tally.peak_rss_mb = 0.0
     budget = [max_requests]
+
+    async def watch_memory(done: asyncio.Event):
+        while pid is not None and not done.is_set():
+            tally.peak_rss_mb = max(tally.peak_rss_mb, rss_mb(pid) or 0.0)
+            await asyncio.sleep(0.05)
 
     async def main():
         stop_at = time.perf_counter() + seconds
+        done = asyncio.Event()
+        watcher = asyncio.create_task(watch_memory(done))
         await asyncio.gather(*(client(port, request, stop_at, budget, tally)
                                for _ in range(clients)))
+        done.set()
+        await watcher
 
     started = time.perf_counter()
     asyncio.run(main())
@@ -179,10 +189,11 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * (len(ordered) - 1) + 0.5))] if ordered else 0.0
 
 
-def peak_rss_mb(pid: int) -> float | None:
+def rss_mb(pid: int, field: str = "VmRSS") -> float | None:
+    """The process's resident memory now (VmRSS) or its peak since it started (VmHWM)."""
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1]) / 1024
     except OSError:
         return None
@@ -193,14 +204,6 @@ def cpu_seconds(pid: int) -> float:
     """User + system CPU seconds the process (all its threads) has used so far."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def reset_peak(pid: int) -> bool:
-    try:
-        Path(f"/proc/{pid}/clear_refs").write_text("5")  # resets VmHWM to the current RSS
-        return True
-    except OSError:
-        return False
 
 
 def free_port() -> int:
@@ -394,10 +397,9 @@ def main() -> int:
             row = {"baseline": base, "levels": {}}
             for clients in levels:
                 stats_before = json.loads(asyncio.run(http_get(port, "/v1/stats"))[1])
-                reset = reset_peak(server.pid)
                 cpu_before, own_before = cpu_seconds(server.pid), time.process_time()
                 tally, elapsed = run_level(port, request, clients, args.seconds,
-                                           args.max_requests)
+                                           args.max_requests, pid=server.pid)
                 cpu = cpu_seconds(server.pid) - cpu_before
                 own = time.process_time() - own_before
                 stats = json.loads(asyncio.run(http_get(port, "/v1/stats"))[1])["batcher"]
@@ -408,7 +410,8 @@ def main() -> int:
                          "errors": tally.errors(), "requests_per_second": done / elapsed,
                          "p50_ms": 1000 * percentile(tally.latencies, 0.5),
                          "p99_ms": 1000 * percentile(tally.latencies, 0.99),
-                         "peak_rss_mb": peak_rss_mb(server.pid), "peak_reset": reset,
+                         "peak_rss_mb": tally.peak_rss_mb,
+                         "peak_rss_since_start_mb": rss_mb(server.pid, "VmHWM"),
                          "mean_model_batch": images / calls if calls else 0.0,
                          "server_cpu_ms_per_request": 1000 * cpu / max(done, 1),
                          "client_cpu_ms_per_request": 1000 * own / max(done, 1)}
@@ -433,7 +436,8 @@ def main() -> int:
         "command": "python benchmarks/load_test.py " + " ".join(sys.argv[1:]),
         "machine": f"{platform.machine()}, {_cores()} cores, load average before "
                    f"{load_before:.1f}",
-        "date": time.strftime("%Y-%m-%d %H:%M"), "backend": info["backend"],
+        "date": time.strftime("%Y-%m-%d %H:%M"),
+        "backend": f"{info['backend']}, {info.get('precision', 'fp32')}",
         "model": args.model or "shipped default", "image": name, "image_bytes": len(data),
         "server_args": args.server_args, "limits": info["limits"], "rounds": rounds,
         "summary": summary, "idle_stop_seconds": round(stop_seconds, 2),
@@ -488,7 +492,7 @@ def render(result: dict, levels: list[int]) -> str:
         f"| one call: decode + model, batch 1 | {mmm(b['decode_and_model_ms'], '{:.2f}')} ms |",
         f"| model only, batch 1 | {mmm(b['model_only_ms'], '{:.2f}')} ms |",
         f"| model only, batches of 32 | {mmm(b['model_batch32_img_s'], '{:.0f}')} img/s |", "",
-        "| clients | requests/s | p50 ms | p99 ms | errors | requests | server peak RSS | "
+        "| clients | requests/s | p50 ms | p99 ms | errors | requests | server peak RSS (level) | "
         "mean model batch | server CPU ms/request | req/s vs model batch-32 img/s | "
         "p50 vs one in-process call |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]

@@ -4,6 +4,7 @@
     POST /v1/predict/batch  several images: multipart fields `files` (one model call)
     GET  /v1/model          heads, classes, input size, metrics, bundle version, limits
     GET  /healthz           ok once a real prediction succeeded at start-up
+    GET  /v1/stats          the dynamic batcher's counters (model calls, mean batch, queue)
     GET  /                  the web page
     GET  /docs, /redoc      the API documentation, offline: Swagger UI and ReDoc are served from
                             the installed `fastapi-offline` package, never from a CDN
@@ -170,10 +171,10 @@ def create_app(model: str | Path | Predictor, *, max_bytes: int = 10_000_000,
         predictor = model
     else:
         # model_workers calls at a time (the batcher's threads), sharing the cores; ONNX
-        # Runtime's threads sleep between calls instead of spinning, so the decode threads get
-        # the CPU.
+        # Runtime's threads sleep between calls instead of spinning (the default), so the
+        # decode threads and the event loop get the CPU.
         predictor = load(model, backend=backend, precision=precision,
-                         threads=limits.model_threads, spin=False)
+                         threads=limits.model_threads)
     predictor.max_pixels = limits.max_pixels
     predictor.batch_size = max(predictor.batch_size, limits.model_batch)
     predictor.self_test()
@@ -326,24 +327,27 @@ def create_app(model: str | Path | Predictor, *, max_bytes: int = 10_000_000,
 
     @app.post("/v1/predict", summary="Classify one image (multipart `file` or raw body)",
               openapi_extra=_upload_schema("file", many=False))
-    async def predict(request: Request) -> dict:
+    async def predict(request: Request) -> JSONResponse:
         result = (await guarded(request, "file", many=False))[0]
         if isinstance(result, tuple):
             raise result[1]
         if "error" in result:  # the model answered NaN for this image
             raise ApiError(500, result["error"])
-        return result
+        # plain JSON of plain dicts: FastAPI's jsonable_encoder pass and response-model
+        # validation of a `-> dict` return cost more CPU than the JSON itself
+        return JSONResponse(result)
 
     @app.post("/v1/predict/batch", summary="Classify several images (multipart `files`)",
               openapi_extra=_upload_schema("files", many=True))
-    async def predict_batch(request: Request) -> dict:
+    async def predict_batch(request: Request) -> JSONResponse:
         results = await guarded(request, "files", many=True)
-        return {"results": [{"source": r[0], "error": r[1].message} if isinstance(r, tuple)
-                            else r for r in results]}
+        return JSONResponse({"results": [{"source": r[0], "error": r[1].message}
+                                         if isinstance(r, tuple) else r for r in results]})
 
     @app.get("/v1/model", summary="What the model predicts")
     def model_info() -> dict:
         return {"version": bundle.version, "backend": predictor.backend,
+                "precision": predictor.precision,
                 "input_size": bundle.preprocessing.size,
                 "heads": [{"name": h.name, "kind": h.kind, "classes": h.classes,
                            "threshold": h.threshold if h.multi else None}
