@@ -279,7 +279,8 @@ def serving(args) -> int:
     shutil.rmtree(work, ignore_errors=True)
     load_out = ROOT / "results" / "load_test"
     command = [sys.executable, str(ROOT / "benchmarks" / "load_test.py"), "--rounds",
-               str(args.repeats), "--seconds", "6", "--shutdown", "--out", str(load_out)]
+               str(args.repeats), "--seconds", "6", "--shutdown", "--out", str(load_out),
+               "--server-args", "", "--server-args", "--model-workers 2 --model-threads 1"]
     if args.model:
         command += ["--model", str(args.model)]
     subprocess.run(command, cwd=ROOT, check=False)

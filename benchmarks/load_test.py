@@ -370,7 +370,9 @@ def main() -> int:
     parser.add_argument("--max-requests", type=int, default=20000, help="per level and round")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--shutdown", action="store_true", help="SIGTERM under load, timed")
-    parser.add_argument("--server-args", default="", help="extra `fashionnet serve` options")
+    parser.add_argument("--server-args", action="append",
+                        help="extra `fashionnet serve` options; repeat it to compare "
+                             "configurations: one server each, taking turns at every level")
     parser.add_argument("--out", default=str(ROOT / "results" / "load_test"))
     parser.add_argument("--baseline-child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -382,56 +384,48 @@ def main() -> int:
     levels = [int(c) for c in args.clients.split(",")]
     load_before = os.getloadavg()[0]
     request = multipart_request(name, data)
-    extra = args.server_args.split()
+    configs = args.server_args or [""]
     log_dir = Path(tempfile.mkdtemp(prefix="fashionnet-load-"))
     log_path = log_dir / "server.log"
-    server, port = start_server(args.model, log_path, extra)
+    servers = {}
+    for config in configs:
+        servers[config or "defaults"] = start_server(args.model, log_path, config.split())
     rounds: list[dict] = []
+    stop_seconds = {}
     try:
-        info = json.loads(asyncio.run(http_get(port, "/v1/model"))[1])
+        port0 = next(iter(servers.values()))[1]
+        info = json.loads(asyncio.run(http_get(port0, "/v1/model"))[1])
         for r in range(args.rounds):
             base = baseline(args.model)
             print(f"round {r + 1}: in-process decode+model {base['decode_and_model_ms']:.2f} ms,"
                   f" model only {base['model_only_ms']:.2f} ms, batch 32 "
                   f"{base['model_batch32_img_s']:.0f} img/s", flush=True)
-            row = {"baseline": base, "levels": {}}
+            row: dict = {"baseline": base, "servers": {label: {"levels": {}}
+                                                       for label in servers}}
             for clients in levels:
-                stats_before = json.loads(asyncio.run(http_get(port, "/v1/stats"))[1])
-                cpu_before, own_before = cpu_seconds(server.pid), time.process_time()
-                tally, elapsed = run_level(port, request, clients, args.seconds,
-                                           args.max_requests, pid=server.pid)
-                cpu = cpu_seconds(server.pid) - cpu_before
-                own = time.process_time() - own_before
-                stats = json.loads(asyncio.run(http_get(port, "/v1/stats"))[1])["batcher"]
-                calls = stats["batches"] - stats_before["batcher"]["batches"]
-                images = stats["images"] - stats_before["batcher"]["images"]
-                done = len(tally.latencies)
-                level = {"clients": clients, "seconds": round(elapsed, 2), "requests": done,
-                         "errors": tally.errors(), "requests_per_second": done / elapsed,
-                         "p50_ms": 1000 * percentile(tally.latencies, 0.5),
-                         "p99_ms": 1000 * percentile(tally.latencies, 0.99),
-                         "peak_rss_mb": tally.peak_rss_mb,
-                         "peak_rss_since_start_mb": rss_mb(server.pid, "VmHWM"),
-                         "mean_model_batch": images / calls if calls else 0.0,
-                         "server_cpu_ms_per_request": 1000 * cpu / max(done, 1),
-                         "client_cpu_ms_per_request": 1000 * own / max(done, 1)}
-                row["levels"][str(clients)] = level
-                print(f"  {clients:3d} clients: {level['requests_per_second']:7.1f} req/s, p50 "
-                      f"{level['p50_ms']:6.1f} ms, p99 {level['p99_ms']:6.1f} ms, errors "
-                      f"{level['errors']}, peak RSS {level['peak_rss_mb']:.0f} MB, mean batch "
-                      f"{level['mean_model_batch']:.1f}, CPU per request: server "
-                      f"{level['server_cpu_ms_per_request']:.2f} ms, load generator "
-                      f"{level['client_cpu_ms_per_request']:.2f} ms", flush=True)
+                order = list(servers) if r % 2 == 0 else list(servers)[::-1]
+                for label in order:
+                    server, port = servers[label]
+                    level = measure_level(server, port, request, clients, args)
+                    row["servers"][label]["levels"][str(clients)] = level
+                    print(f"  [{label}] {clients:3d} clients: "
+                          f"{level['requests_per_second']:7.1f} req/s, p50 "
+                          f"{level['p50_ms']:6.1f} ms, p99 {level['p99_ms']:6.1f} ms, errors "
+                          f"{level['errors']}, peak RSS {level['peak_rss_mb']:.0f} MB, mean batch "
+                          f"{level['mean_model_batch']:.1f}, CPU per request: server "
+                          f"{level['server_cpu_ms_per_request']:.2f} ms, load generator "
+                          f"{level['client_cpu_ms_per_request']:.2f} ms", flush=True)
             rounds.append(row)
     finally:
-        stop_seconds = stop_server(server)
+        for label, (server, _) in servers.items():
+            stop_seconds[label] = round(stop_server(server), 2)
     shutdown = None
     if args.shutdown:
-        shutdown = shutdown_under_load(args.model, request, log_path, extra)
+        shutdown = shutdown_under_load(args.model, request, log_path, configs[0].split())
         print(f"SIGTERM under load: exit in {shutdown['exit_seconds']} s, "
               f"{json.dumps(shutdown['after_signal'])}", flush=True)
 
-    summary = summarise(rounds, levels)
+    summary = {label: summarise(rounds, levels, label) for label in servers}
     result = {
         "command": "python benchmarks/load_test.py " + " ".join(sys.argv[1:]),
         "machine": f"{platform.machine()}, {_cores()} cores, load average before "
@@ -439,29 +433,53 @@ def main() -> int:
         "date": time.strftime("%Y-%m-%d %H:%M"),
         "backend": f"{info['backend']}, {info.get('precision', 'fp32')}",
         "model": args.model or "shipped default", "image": name, "image_bytes": len(data),
-        "server_args": args.server_args, "limits": info["limits"], "rounds": rounds,
-        "summary": summary, "idle_stop_seconds": round(stop_seconds, 2),
+        "server_args": configs, "limits": info["limits"], "rounds": rounds,
+        "summary": summary, "idle_stop_seconds": stop_seconds,
         "shutdown_under_load": shutdown, "server_log": str(log_path)}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
     out.with_suffix(".md").write_text(render(result, levels))
     print(render(result, levels))
-    errors = sum(lv["errors"] for r in rounds for lv in r["levels"].values())
+    errors = sum(lv["errors"] for r in rounds for srv in r["servers"].values()
+                 for lv in srv["levels"].values())
     return 1 if errors or (shutdown and not shutdown["clean"]) else 0
 
 
-def summarise(rounds: list[dict], levels: list[int]) -> dict:
+def measure_level(server: subprocess.Popen, port: int, request: bytes, clients: int,
+                  args) -> dict:
+    stats_before = json.loads(asyncio.run(http_get(port, "/v1/stats"))[1])["batcher"]
+    cpu_before, own_before = cpu_seconds(server.pid), time.process_time()
+    tally, elapsed = run_level(port, request, clients, args.seconds, args.max_requests,
+                               pid=server.pid)
+    cpu = cpu_seconds(server.pid) - cpu_before
+    own = time.process_time() - own_before
+    stats = json.loads(asyncio.run(http_get(port, "/v1/stats"))[1])["batcher"]
+    calls = stats["batches"] - stats_before["batches"]
+    images = stats["images"] - stats_before["images"]
+    done = len(tally.latencies)
+    return {"clients": clients, "seconds": round(elapsed, 2), "requests": done,
+            "errors": tally.errors(), "requests_per_second": done / elapsed,
+            "p50_ms": 1000 * percentile(tally.latencies, 0.5),
+            "p99_ms": 1000 * percentile(tally.latencies, 0.99),
+            "peak_rss_mb": tally.peak_rss_mb,
+            "peak_rss_since_start_mb": rss_mb(server.pid, "VmHWM"),
+            "mean_model_batch": images / calls if calls else 0.0,
+            "server_cpu_ms_per_request": 1000 * cpu / max(done, 1),
+            "client_cpu_ms_per_request": 1000 * own / max(done, 1)}
+
+
+def summarise(rounds: list[dict], levels: list[int], label: str) -> dict:
     base = {k: spread([r["baseline"][k] for r in rounds]) for k in rounds[0]["baseline"]}
     out: dict = {"baseline": base, "levels": {}}
     for clients in levels:
-        rows = [r["levels"][str(clients)] for r in rounds]
+        rows = [r["servers"][label]["levels"][str(clients)] for r in rounds]
         entry = {k: spread([row[k] for row in rows]) for k in
                  ("requests_per_second", "p50_ms", "p99_ms", "mean_model_batch",
                   "server_cpu_ms_per_request", "client_cpu_ms_per_request")}
         entry["errors"] = sum(row["errors"] for row in rows)
         entry["requests"] = sum(row["requests"] for row in rows)
-        entry["peak_rss_mb"] = max(row["peak_rss_mb"] or 0 for row in rows)
+        entry["peak_rss_mb"] = spread([row["peak_rss_mb"] for row in rows])
         # ratios within each round (same machine state), then their spread
         entry["throughput_vs_model_batch32"] = spread(
             [row["requests_per_second"] / r["baseline"]["model_batch32_img_s"]
@@ -473,8 +491,7 @@ def summarise(rounds: list[dict], levels: list[int]) -> dict:
 
 
 def render(result: dict, levels: list[int]) -> str:
-    s = result["summary"]
-    b = s["baseline"]
+    b = next(iter(result["summary"].values()))["baseline"]
 
     def mmm(d, fmt="{:.1f}"):
         return " / ".join(fmt.format(d[k]) for k in ("min", "median", "max"))
@@ -491,20 +508,27 @@ def render(result: dict, levels: list[int]) -> str:
         "| measure | min / median / max |", "| --- | --- |",
         f"| one call: decode + model, batch 1 | {mmm(b['decode_and_model_ms'], '{:.2f}')} ms |",
         f"| model only, batch 1 | {mmm(b['model_only_ms'], '{:.2f}')} ms |",
-        f"| model only, batches of 32 | {mmm(b['model_batch32_img_s'], '{:.0f}')} img/s |", "",
-        "| clients | requests/s | p50 ms | p99 ms | errors | requests | server peak RSS (level) | "
-        "mean model batch | server CPU ms/request | req/s vs model batch-32 img/s | "
-        "p50 vs one in-process call |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
-    for clients in levels:
-        e = s["levels"][str(clients)]
-        lines.append(
-            f"| {clients} | {mmm(e['requests_per_second'], '{:.0f}')} | {mmm(e['p50_ms'])} | "
-            f"{mmm(e['p99_ms'])} | {e['errors']} | {e['requests']} | {e['peak_rss_mb']:.0f} MB"
-            f" | {mmm(e['mean_model_batch'])} | {mmm(e['server_cpu_ms_per_request'], '{:.2f}')} | "
-            f"{mmm(e['throughput_vs_model_batch32'], '{:.2f}')} | "
-            f"{mmm(e['p50_vs_in_process_call'], '{:.2f}')} |")
-    lines += ["", f"Server stop when idle (SIGTERM to exit): {result['idle_stop_seconds']} s."]
+        f"| model only, batches of 32 | {mmm(b['model_batch32_img_s'], '{:.0f}')} img/s |"]
+    for label, s in result["summary"].items():
+        lines += [
+            "", f"Server `fashionnet serve{'' if label == 'defaults' else ' ' + label}` "
+            f"({label}):", "",
+            "| clients | requests/s | p50 ms | p99 ms | errors | requests | server peak RSS, MB "
+            "| mean model batch | server CPU ms/request | req/s vs model batch-32 img/s | "
+            "p50 vs one in-process call |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+        for clients in levels:
+            e = s["levels"][str(clients)]
+            lines.append(
+                f"| {clients} | {mmm(e['requests_per_second'], '{:.0f}')} | {mmm(e['p50_ms'])} |"
+                f" {mmm(e['p99_ms'])} | {e['errors']} | {e['requests']} | "
+                f"{mmm(e['peak_rss_mb'], '{:.0f}')} | {mmm(e['mean_model_batch'])} | "
+                f"{mmm(e['server_cpu_ms_per_request'], '{:.2f}')} | "
+                f"{mmm(e['throughput_vs_model_batch32'], '{:.2f}')} | "
+                f"{mmm(e['p50_vs_in_process_call'], '{:.2f}')} |")
+    lines += ["", "Peak RSS: the server's resident memory sampled every 50 ms during the level "
+              "(it does not shrink back after a busier level).", "",
+              f"Server stop when idle (SIGTERM to exit), seconds: {result['idle_stop_seconds']}."]
     sd = result.get("shutdown_under_load")
     if sd:
         a = sd["after_signal"]

@@ -127,6 +127,36 @@ def test_the_delay_waits_for_a_request_being_decoded_but_not_longer():
         batcher.close(wait=1)
 
 
+def test_run_uses_the_calling_thread_when_the_model_is_idle_and_queues_when_busy():
+    threads: list[str] = []
+    gate = threading.Event()
+
+    def infer(images):
+        threads.append(threading.current_thread().name)
+        if images[0, 0, 0, 0] == 1:
+            gate.wait(5)
+        return [float(x.mean()) for x in images]
+
+    batcher = Batcher(infer, max_batch=8, workers=1)
+    try:
+        lone = batcher.reserve().run(np.full((1, 2, 2, 3), 2, np.uint8))
+        assert lone.done() and lone.result() == [2.0]
+        assert threads == [threading.current_thread().name]  # no hand-over to a model thread
+        holder = threading.Thread(target=lambda: batcher.reserve().run(
+            np.ones((1, 2, 2, 3), np.uint8)))
+        holder.start()  # runs inline in its own thread and holds the one model worker
+        time.sleep(0.05)
+        queued = batcher.reserve().run(np.full((1, 2, 2, 3), 3, np.uint8))
+        assert not queued.done() and batcher.running == 1  # waits: one model call at a time
+        gate.set()
+        holder.join(5)
+        assert queued.result(5) == [3.0] and threads[-1].startswith("fashionnet-model")
+        assert batcher.taken == 0 and batcher.running == 0
+    finally:
+        gate.set()
+        batcher.close(wait=1)
+
+
 def test_a_failing_model_fails_its_batch_and_frees_every_place():
     def broken(images):
         raise RuntimeError("boom")

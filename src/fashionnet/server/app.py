@@ -252,9 +252,10 @@ def create_app(model: str | Path | Predictor, *, max_bytes: int = 10_000_000,
 
     def job(stop: threading.Event, files: list[tuple[str, bytes]], slot
             ) -> tuple[Future | None, list[int], dict[int, ApiError]]:
-        """Worker thread: decode every image (failures per image) into one array and queue it
-        for the model straight from here (no trip through the event loop in between); stops
-        between images once ``stop`` is set (the request timed out)."""
+        """Worker thread: decode every image (failures per image) into one array and hand it
+        to the batcher straight from here (no trip through the event loop in between), which
+        runs it in this thread when the model is idle, else queues it; stops between images
+        once ``stop`` is set (the request timed out)."""
         images, where, failed = [], [], {}
         for i, (name, data) in enumerate(files):
             if stop.is_set():
@@ -266,7 +267,7 @@ def create_app(model: str | Path | Predictor, *, max_bytes: int = 10_000_000,
                 failed[i] = exc
         if not images or stop.is_set():
             return None, where, failed
-        return slot.submit(np.stack(images)), where, failed
+        return slot.run(np.stack(images)), where, failed
 
     async def classify(files: list[tuple[str, bytes]]) -> list[dict | tuple[str, ApiError]]:
         """Decode in the pool, then the model through the batcher; one result per file."""
@@ -288,11 +289,14 @@ def create_app(model: str | Path | Predictor, *, max_bytes: int = 10_000_000,
                 results[i] = (files[i][0], exc)
             if future is None:
                 return results
-            left = deadline - loop.time()
-            if left <= 0:
-                raise TimeoutError
-            predictions = await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(future)),
-                                                 left)
+            if future.done():  # run in the decoding thread: the model was idle
+                predictions = future.result()
+            else:
+                left = deadline - loop.time()
+                if left <= 0:
+                    raise TimeoutError
+                predictions = await asyncio.wait_for(
+                    asyncio.shield(asyncio.wrap_future(future)), left)
         except (asyncio.TimeoutError, TimeoutError):
             raise _too_slow(limits.request_timeout) from None
         except BatcherClosed:

@@ -60,6 +60,14 @@ class Slot:
         self._batcher._submit(self, images)
         return self.future
 
+    def run(self, images: np.ndarray) -> Future:
+        """Like `submit`, but when a model worker is idle and nothing is queued, run the model
+        here, in the calling thread: a lone request skips the hand-over to a model thread and
+        back (the future is done on return). Otherwise queued, to be batched."""
+        if not self._batcher._run_inline(self, images):
+            self._batcher._submit(self, images)
+        return self.future
+
     def cancel(self) -> None:
         """Give the place back: at once unless the model is running this slot's batch."""
         self._batcher._cancel(self)
@@ -79,6 +87,8 @@ class Batcher:
         self.capacity = max(capacity, max_batch)
         self.taken = 0       # images reserved + queued + running
         self.reserved = 0    # images reserved but not yet submitted (being decoded)
+        self.workers = workers
+        self.running = 0     # model calls in progress (at most ``workers``)
         self.batches = 0     # model calls so far
         self.images_run = 0  # images through the model so far
         self._queue: deque[Slot] = deque()
@@ -143,18 +153,41 @@ class Batcher:
 
     # -- the model thread -------------------------------------------------------------------
 
+    def _run_inline(self, slot: Slot, images: np.ndarray) -> bool:
+        """Run ``slot`` in this thread if a model worker is free and nothing waits; else
+        False (the caller queues it)."""
+        with self._cond:
+            if slot.state == "cancelled":
+                return True  # gave up meanwhile: nothing to run, its future is cancelled
+            if self._closed or self._queue or self.running >= self.workers:
+                return False
+            if slot.state != "reserved":
+                raise RuntimeError(f"slot already {slot.state}")
+            self.running += 1
+            self.reserved -= slot.rows
+            if len(images) != slot.rows:
+                self.taken -= slot.rows - len(images)
+                slot.rows = len(images)
+            slot.images = images
+            slot.state = "running"
+        self._run([slot])
+        return True
+
     def _take(self) -> list[Slot] | None:
-        """With the lock held: wait for work, then the next batch (None once closed)."""
-        while not self._queue:
-            if self._closed:
+        """With the lock held: wait for work and a free worker, then the next batch (None
+        once closed)."""
+        while not self._queue or self.running >= self.workers:
+            if self._closed and not self._queue:
                 return None
             self._cond.wait()
+        self.running += 1
         batch: list[Slot] = []
         rows = 0
         deadline = None
         while True:
             while self._queue and (not batch or rows + self._queue[0].rows <= self.max_batch):
                 slot = self._queue.popleft()
+                slot.state = "running"  # out of the queue: a cancel now waits for the call
                 batch.append(slot)
                 rows += slot.rows
             # Wait only for images already on their way, and only up to max_delay.
@@ -166,8 +199,6 @@ class Batcher:
             if now >= deadline:
                 break
             self._cond.wait(deadline - now)
-        for slot in batch:
-            slot.state = "running"
         return batch
 
     def _loop(self) -> None:
@@ -176,33 +207,38 @@ class Batcher:
                 batch = self._take()
             if batch is None:
                 return
-            images = batch[0].images if len(batch) == 1 else np.concatenate(
-                [s.images for s in batch])
-            try:
-                results = list(self.infer(images))
-                if len(results) != len(images):
-                    raise RuntimeError(f"the model answered {len(results)} results for "
-                                       f"{len(images)} images")
-                error = None
-            except BaseException as exc:  # noqa: BLE001 - handed to every waiting request
-                error = exc
-            with self._cond:
-                self.batches += 1
-                self.images_run += len(images)
-                for slot in batch:
-                    self._free(slot, "done")
-                self._cond.notify_all()
-            start = 0
+            self._run(batch)
+
+    def _run(self, batch: list[Slot]) -> None:
+        """One model call for ``batch`` (its slots running, one worker counted)."""
+        images = batch[0].images if len(batch) == 1 else np.concatenate(
+            [s.images for s in batch])
+        try:
+            results = list(self.infer(images))
+            if len(results) != len(images):
+                raise RuntimeError(f"the model answered {len(results)} results for "
+                                   f"{len(images)} images")
+            error = None
+        except BaseException as exc:  # noqa: BLE001 - handed to every waiting request
+            error = exc
+        with self._cond:
+            self.running -= 1
+            self.batches += 1
+            self.images_run += len(images)
             for slot in batch:
-                if not slot.future.done():
-                    try:
-                        if error is not None:
-                            slot.future.set_exception(error)
-                        else:
-                            slot.future.set_result(results[start:start + slot.rows])
-                    except Exception:  # noqa: BLE001 - cancelled meanwhile
-                        pass
-                start += slot.rows
+                self._free(slot, "done")
+            self._cond.notify_all()
+        start = 0
+        for slot in batch:
+            if not slot.future.done():
+                try:
+                    if error is not None:
+                        slot.future.set_exception(error)
+                    else:
+                        slot.future.set_result(results[start:start + slot.rows])
+                except Exception:  # noqa: BLE001 - cancelled meanwhile
+                    pass
+            start += slot.rows
 
     def close(self, wait: float = 0.0) -> None:
         """Refuse new work; queued requests fail with BatcherClosed; the running call ends."""
