@@ -53,6 +53,31 @@ def load(dataset: Path):
     return records, heads, duplicate_groups(decoded.images)
 
 
+def timing(sizes: list[int], batch: int = 64, rounds: int = 5) -> dict:
+    """Backbone images per second on a warm batch, the sizes interleaved round by round so
+    that other load on the machine falls on all of them alike; decoding left out."""
+    from fashionnet.model.feature_cache import lite0_backbone
+
+    backbones = {s: lite0_backbone(s) for s in sizes}
+    rng = np.random.default_rng(0)
+    batches = {s: rng.uniform(0, 255, (batch, s, s, 3)).astype(np.float32) for s in sizes}
+    for s in sizes:
+        backbones[s].model(batches[s])  # warm-up
+    seconds: dict[int, list[float]] = {s: [] for s in sizes}
+    loads = []
+    for _ in range(rounds):
+        for s in sizes:
+            began = time.perf_counter()
+            backbones[s].model(batches[s])
+            seconds[s].append(time.perf_counter() - began)
+        loads.append(os.getloadavg()[0])
+    return {"batch": batch, "rounds": rounds, "load_average": [round(x, 1) for x in loads],
+            "sizes": {str(s): {"median_images_per_second": round(batch / np.median(t), 1),
+                               "ms_per_image": round(1000 * np.median(t) / batch, 1),
+                               "best_images_per_second": round(batch / min(t), 1)}
+                      for s, t in seconds.items()}}
+
+
 def fit_head(train_x: np.ndarray, train_y: np.ndarray, c: float, balance: bool):
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
@@ -107,8 +132,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-balance-classes", dest="balance", action="store_false",
                         help="plain loss weights for the category head (apparel)")
     parser.add_argument("--combinations", help="only these folds, comma-separated")
+    parser.add_argument("--variants", default="plain,mirror", help="plain and/or mirror")
     parser.add_argument("--name")
+    parser.add_argument("--timing", action="store_true",
+                        help="only time the backbone at --sizes (results/backbone/timing.json)")
     args = parser.parse_args(argv)
+    if not set(args.variants.split(",")) <= {"plain", "mirror"}:
+        parser.error("--variants: plain and/or mirror")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -120,6 +150,14 @@ def main(argv: list[str] | None = None) -> int:
     name = args.name or args.dataset.resolve().name
     out = ROOT / "results" / "backbone"
     out.mkdir(parents=True, exist_ok=True)
+    if args.timing:
+        result = timing([int(s) for s in args.sizes.split(",")])
+        result.update(cpu=platform.processor() or platform.machine(), cores=os.cpu_count())
+        (out / "timing.json").write_text(json.dumps(result, indent=2) + "\n")
+        print(json.dumps(result, indent=2))
+        return 0
+    previous = (json.loads((out / f"{name}.json").read_text())
+                if (out / f"{name}.json").exists() else {})
     records, heads, groups = load(args.dataset)
     feasible, infeasible = feasible_holdouts(records, heads)
     folds = args.combinations.split(",") if args.combinations else feasible
@@ -128,6 +166,8 @@ def main(argv: list[str] | None = None) -> int:
     report = {"dataset": str(args.dataset), "images": len(records), "balance": args.balance,
               "c_grid": list(C_GRID), "infeasible": infeasible, "cpu": platform.processor()
               or platform.machine(), "cores": os.cpu_count(), "sizes": {}}
+    if previous.get("balance") == args.balance and previous.get("images") == len(records):
+        report["sizes"] = previous.get("sizes", {})  # other sizes' results are kept
     for size in (int(s) for s in args.sizes.split(",")):
         began = time.perf_counter()
         backbone = lite0_backbone(size)
@@ -138,12 +178,16 @@ def main(argv: list[str] | None = None) -> int:
         extraction = {"wall_seconds": round(wall, 1), "computed_images": features.computed,
                       "backbone_seconds": round(features.seconds, 1),
                       "images_per_second": round(2 * features.computed / features.seconds, 1)
-                      if features.computed else None}
+                      if features.computed else None,
+                      "load_average": round(os.getloadavg()[0], 1)}
+        cold = previous.get("sizes", {}).get(str(size), {}).get("extraction", {})
+        if not features.computed and cold.get("computed_images"):  # keep the cold run's speed
+            extraction = dict(cold)
         print(f"\n{size} px: features of {len(records)} images x 2 views in {wall:.1f} s "
               f"({features.computed} computed, {extraction['images_per_second']} img/s)")
         y = np.array([category.index(r.labels["category"]) for r in records])
         result = {"extraction": extraction, "variants": {}}
-        for variant in ("plain", "mirror"):
+        for variant in args.variants.split(","):
             rows = {}
             for combo in folds:
                 split = split_records(records, heads, holdout=[combo], groups=groups)
@@ -181,7 +225,7 @@ def render(report: dict, name: str) -> str:
              f"(C from {report['c_grid']} on the seen validation split), class weights "
              f"{'balanced' if report['balance'] else 'plain'}; grayscale x3 input. "
              f"CPU: {report['cores']} cores.", ""]
-    for size, result in report["sizes"].items():
+    for size, result in sorted(report["sizes"].items(), key=lambda item: int(item[0])):
         e = result["extraction"]
         speed = (f"{e['images_per_second']} img/s ({e['computed_images']} images x 2 views "
                  f"in {e['backbone_seconds']} s, decoding included)" if e["computed_images"]
