@@ -272,9 +272,13 @@ print("HEAVY", heavy, code, file=sys.stderr)
     ["train", "--dataset", "nope/", "--output", "{tmp}/run"],
     ["train", "--config", "{tmp}/bad.toml", "--output", "{tmp}/run"],
     ["init-config", "--dataset", "{data}", "--output", "{tmp}/f.toml"],
+    ["train", "--dataset", "{data}", "--output", "{tmp}/existing"],
+    ["train", "--dataset", "{data}", "--output", "{tmp}/run", "--holdout", "purple_hat"],
+    ["runs", "{tmp}"],
 ])
 def test_cheap_commands_do_not_import_tensorflow(tmp_path, tiny_dataset, argv):
     (tmp_path / "bad.toml").write_text('architecture = "resnet"\n')
+    (tmp_path / "existing").mkdir()
     argv = [a.format(tmp=tmp_path, data=tiny_dataset) for a in argv]
     done = subprocess.run([sys.executable, "-c", PROBE.format(argv=argv)], capture_output=True,
                           text=True, timeout=120)

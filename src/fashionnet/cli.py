@@ -143,6 +143,15 @@ def cmd_train(args) -> int:
     if not args.resume:  # resume decides itself (a finished run is returned as it is)
         check_destination(args.output, dataset_inputs(config.dataset, config.path_column),
                           overwrite=args.overwrite)
+    if config.holdout:  # a hold-out that cannot work is refused before TensorFlow loads
+        from fashionnet.data.sources import read_dataset
+        from fashionnet.data.splits import check_holdout
+        from fashionnet.heads import fit_classes
+
+        records, names = read_dataset(config.dataset, [h.name for h in config.heads] or None,
+                                      config.multi, config.separator, config.multi_separator,
+                                      config.path_column, allow_outside=config.allow_outside)
+        check_holdout(records, fit_classes(config.head_specs(names), records), config.holdout)
     from fashionnet.extras import import_keras_quietly
 
     import_keras_quietly()  # every cheap refusal above came before this
@@ -628,7 +637,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="tune only these (default: every setting declared tunable)")
     p.add_argument("--max-concurrent", type=int, metavar="K",
                    help="trials at once (default: as many as the CPUs allow)")
-    p.add_argument("--cpus-per-trial", type=float, default=1.0, metavar="C")
+    p.add_argument("--cpus-per-trial", type=float, default=1.0, metavar="C",
+                   help="CPUs each trial reserves (and sizes TensorFlow's threads to)")
     p.add_argument("--address", metavar="ADDR", help="an existing Ray cluster")
     p.add_argument("--overwrite", action="store_true", help="replace an earlier tune folder")
     p.set_defaults(func=cmd_tune)
@@ -753,6 +763,11 @@ EXAMPLES = {
              "http://127.0.0.1:8000/",
     "doctor": "examples:\n  fashionnet doctor --dataset photos/ --output doctor/\n"
               "  fashionnet doctor --dataset photos/ --model runs/mine --output doctor/",
+    "tune": "example:\n  fashionnet tune --dataset photos/ --output runs/tune --trials 16 "
+            "--epochs 12\n  fashionnet train --config runs/tune/best.toml --output runs/tuned",
+    "runs": "examples:\n  fashionnet runs runs/\n  fashionnet runs runs/ --format csv > runs.csv",
+    "card": "example:\n  fashionnet evaluate --model runs/mine --dataset photos/\n"
+            "  fashionnet card runs/mine    # MODEL_CARD.md with the evaluation's figures",
 }
 
 
