@@ -646,7 +646,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("runs", help="list the runs in a folder with their key figures")
     p.add_argument("folder", type=Path, nargs="?", default=Path("runs"),
                    help="folder holding bundles (default: runs)")
-    p.add_argument("--format", choices=["table", "csv"], default="table")
+    p.add_argument("--format", choices=["table", "csv"], default="table",
+                   help="an aligned table, or CSV for a spreadsheet")
     p.set_defaults(func=cmd_runs)
 
     p = sub.add_parser("card", help="write a bundle's MODEL_CARD.md again (after evaluate)")
