@@ -107,3 +107,22 @@ def test_confusion_plot_shows_row_shares(tmp_path):
 
     with Image.open(path) as im:
         assert im.width > 1.5 * im.height  # counts and shares side by side
+
+
+def test_combinations_are_the_single_label_heads_and_unknowns_are_neither_seen_nor_unseen():
+    from fashionnet.heads import attribute_combination
+
+    heads = [HeadSpec("color", ["black", "red"]), HeadSpec("category", ["dress", "shoes"]),
+             HeadSpec("tags", ["party", "work"], kind="multi")]
+    assert attribute_combination({"color": "red", "category": "dress",
+                                  "tags": frozenset({"party", "work"})}, heads) == "red_dress"
+    records = [Record("a", {"color": "red", "category": "dress", "tags": frozenset({"party"})}),
+               Record("b", {"color": None, "category": "shoes", "tags": frozenset()}),
+               Record("c", {"color": "red", "category": "shoes", "tags": frozenset({"work"})})]
+    probs = [np.array([[.1, .9], [.5, .5], [.2, .8]]), np.array([[.9, .1], [.1, .9], [.2, .8]]),
+             np.array([[.9, .1], [.1, .1], [.1, .9]])]
+    rep = report_from_probabilities(heads, records, probs, ["red_dress"])
+    assert set(rep["combinations"]) == {"red_dress", "?_shoes", "red_shoes"}
+    assert rep["combinations"]["?_shoes"]["seen"] is None
+    assert rep["combinations"]["red_shoes"]["seen"] is False
+    assert rep["partner_swaps"]["unseen_rows"] == 1  # red_shoes only, not the ? row

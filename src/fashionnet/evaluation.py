@@ -19,7 +19,7 @@ from fashionnet.bundle import SPLIT_FILE, Bundle, load_bundle, read_split, write
 from fashionnet.data.images import decode_many
 from fashionnet.data.sources import Record, dataset_root, read_dataset, relative_key
 from fashionnet.errors import FashionNetError
-from fashionnet.heads import HeadSpec, combination, encode_targets
+from fashionnet.heads import HeadSpec, attribute_combination, encode_targets
 from fashionnet.metrics import (
     accuracy,
     bootstrap_ci,
@@ -47,7 +47,7 @@ def report_from_probabilities(heads: Sequence[HeadSpec], records: Sequence[Recor
     multi = [h.multi for h in heads]
     thresholds = [h.threshold for h in heads]
     rows_right = exact_match_rows(t_list, probs, multi, thresholds)
-    combos = [combination(r.labels, heads) for r in records]
+    combos = [attribute_combination(r.labels, heads) for r in records]
     trained = set(trained_combinations)
     report: dict = {"count": len(records), "heads": {}, "combinations": {}}
 
@@ -75,21 +75,23 @@ def report_from_probabilities(heads: Sequence[HeadSpec], records: Sequence[Recor
         idx = np.array(by_combo[combo])
         report["combinations"][combo] = {
             "count": len(idx),
-            "seen": combo in trained if trained else None,
+            "seen": (combo in trained) if trained and "?" not in combo.split("_") else None,
             "exact_match": float(rows_right[idx].mean()),
             "heads": {h.name: accuracy(t[idx], p[idx], h.multi, h.threshold)
                       for h, t, p in zip(heads, t_list, probs)},
         }
     if trained:
         seen = np.array([c in trained for c in combos])
-        unseen_rows = rows_right[~seen]
+        # a row missing a single-label head's label is neither seen nor unseen
+        unseen = ~seen & np.array(["?" not in c.split("_") for c in combos])
+        unseen_rows = rows_right[unseen]
         report["seen_exact_match"] = float(rows_right[seen].mean()) if seen.any() else math.nan
-        report["unseen_exact_match"] = (float(unseen_rows.mean()) if (~seen).any()
+        report["unseen_exact_match"] = (float(unseen_rows.mean()) if unseen.any()
                                         else math.nan)
         report["unseen_exact_match_ci95"] = list(bootstrap_ci(unseen_rows))
         report["harmonic_mean"] = harmonic_mean(report["seen_exact_match"],
                                                 report["unseen_exact_match"])
-        report["partner_swaps"] = partner_swaps(heads, records, probs, trained, ~seen)
+        report["partner_swaps"] = partner_swaps(heads, records, probs, trained, unseen)
     return report
 
 
@@ -104,8 +106,8 @@ def partner_swaps(heads: Sequence[HeadSpec], records: Sequence[Record],
     swaps: dict = {"total": 0, "unseen_rows": int(unseen.sum()), "by_head": {}, "examples": []}
     for i in np.nonzero(unseen)[0]:
         guess = {h.name: predicted[k][i] for k, h in enumerate(heads)}
-        guess_combo = combination(guess, heads)
-        true_combo = combination(records[i].labels, heads)
+        guess_combo = attribute_combination(guess, heads)
+        true_combo = attribute_combination(records[i].labels, heads)
         if guess_combo == true_combo or guess_combo not in trained:
             continue
         swaps["total"] += 1

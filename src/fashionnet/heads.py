@@ -174,6 +174,13 @@ def combination(labels: dict[str, Label], heads: Sequence[HeadSpec]) -> str:
     return "_".join(parts)
 
 
+def attribute_combination(labels: dict[str, Label], heads: Sequence[HeadSpec]) -> str:
+    """The combination that "seen" and "unseen" are about: the single-label heads' labels
+    (``red_dress``). A multi-label head's set of tags is an attribute of its own, not part of
+    a combination; a missing label shows as ``?`` (such a row is neither seen nor unseen)."""
+    return combination(labels, [h for h in heads if not h.multi])
+
+
 def encode_targets(records: Sequence[Any], heads: Sequence[HeadSpec]) -> dict[str, np.ndarray]:
     """``{<head>_output: float32 targets}`` for records; unknown labels become rows of -1."""
     return {h.output_name: h.encode([r.labels.get(h.name) for r in records]) for h in heads}

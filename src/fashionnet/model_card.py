@@ -53,8 +53,6 @@ def never_seen(bundle: Bundle) -> list[str]:
     single = [h for h in bundle.heads if not h.multi]
     if len(single) < 2 or not bundle.trained_combinations:
         return []
-    if any(h.multi for h in bundle.heads):
-        return []  # combinations then carry label sets; listing them all says nothing
     trained = set(bundle.trained_combinations)
     return ["_".join(parts) for parts in itertools.product(*(h.classes for h in single))
             if "_".join(parts) not in trained]

@@ -16,6 +16,7 @@ import shutil
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import keras
 import numpy as np
@@ -30,7 +31,12 @@ from fashionnet.data.sources import Record, dataset_root, read_dataset, relative
 from fashionnet.data.splits import Split, duplicate_groups, split_records
 from fashionnet.errors import FashionNetError
 from fashionnet.files import read_json_file
-from fashionnet.heads import HeadSpec, combination, encode_targets, fit_classes
+from fashionnet.heads import (
+    HeadSpec,
+    attribute_combination,
+    encode_targets,
+    fit_classes,
+)
 from fashionnet.metrics import (
     accuracy,
     apply_temperature,
@@ -52,6 +58,9 @@ from fashionnet.outputs import check_destination, dataset_inputs
 from fashionnet.plots import plot_history
 from fashionnet.tracking import mlflow_tracker, tensorboard_callback, write_confusion_images
 
+if TYPE_CHECKING:
+    from fashionnet.backbone_training import BackboneData
+
 log = logging.getLogger("fashionnet")
 
 
@@ -64,6 +73,7 @@ class Dataset:
     images: np.ndarray
     skipped: list[str]
     groups: np.ndarray | None = None  # near-duplicate groups, computed once on first split
+    backbone: BackboneData | None = None  # a frozen backbone's run: features (images 224 px)
 
     def targets(self, indices: np.ndarray | None = None) -> dict[str, np.ndarray]:
         records = self.records if indices is None else [self.records[i] for i in indices]
@@ -92,7 +102,12 @@ def load_dataset(config: TrainConfig, progress: bool = True) -> Dataset:
     if not records:
         raise FashionNetError(f"{config.dataset}: no readable images")
     heads = fit_classes(config.head_specs(found), records)
-    return Dataset(records, heads, decoded.images, decoded.failures)
+    data = Dataset(records, heads, decoded.images, decoded.failures)
+    if config.backbone != "scratch":
+        from fashionnet.backbone_training import attach
+
+        return attach(data, config, progress)
+    return data
 
 
 def split_dataset(data: Dataset, config: TrainConfig) -> Split:
@@ -209,11 +224,12 @@ def compile_model(model, heads: Sequence[HeadSpec], config: TrainConfig,
 
 
 def evaluate_split(model, heads: Sequence[HeadSpec], images: np.ndarray,
-                   targets: dict[str, np.ndarray]) -> dict:
-    """Per-head accuracy and loss, and exact match, of a model on one split."""
+                   targets: dict[str, np.ndarray], probs: list | None = None) -> dict:
+    """Per-head accuracy and loss, and exact match, of a model on one split (``probs``: its
+    answers on ``images``, computed already)."""
     if len(images) == 0:
         return {"count": 0}
-    probs = predict_probabilities(model, images)
+    probs = predict_probabilities(model, images) if probs is None else probs
     out: dict = {"count": int(len(images)), "heads": {}}
     for head, p in zip(heads, probs):
         t = targets[head.output_name]
@@ -317,7 +333,7 @@ class BestEpoch(keras.callbacks.Callback):
         if self.refresh is not None and epoch + 1 < self.settled_after:
             precise_batchnorm(self.model, self.refresh, self.batch_size,
                               PRECISE_BN_EPOCH_BATCHES, seed=epoch)
-        scored = evaluate_split(self.model, self.heads, self.images, self.targets)
+        scored = self.score()
         score = scored["exact_match"]
         self.scores.append(score)
         logs["val_exact_match"] = score
@@ -332,6 +348,9 @@ class BestEpoch(keras.callbacks.Callback):
                 self.best_weights = self.model.get_weights()
         elif self.patience and epoch - self.best_epoch >= self.patience:
             self.model.stop_training = True
+
+    def score(self) -> dict:
+        return evaluate_split(self.model, self.heads, self.images, self.targets)
 
     def on_train_end(self, logs=None):
         if self.restore and self.best_weights is not None:
@@ -442,19 +461,30 @@ def train(config: TrainConfig, output: str | Path, *, overwrite: bool = False,
     images = {name: data.images[getattr(split, name)] for name in ("train", "val", "test")}
     has_val = split.mode == "standard" and len(split.val) > 0
 
-    model = model_for(config, heads)
+    from fashionnet.backbone_training import FeatureBestEpoch, FrozenBackbone
+
+    frozen = FrozenBackbone(config, data, split) if config.backbone != "scratch" else None
+    model = model_for(config, heads) if frozen is None else frozen.training_model(heads)
     recolor = recoloring(heads, config)
-    train_batches = batches(images["train"], targets["train"], config.batch_size, shuffle=True,
-                            augment=config.augment, seed=config.seed, recolor=recolor)
-    val_batches = (batches(images["val"], targets["val"], config.batch_size)
-                   if len(split.val) else None)
+    if frozen is None:
+        train_batches = batches(images["train"], targets["train"], config.batch_size,
+                                shuffle=True, augment=config.augment, seed=config.seed,
+                                recolor=recolor)
+        val_batches = (batches(images["val"], targets["val"], config.batch_size)
+                       if len(split.val) else None)
+    else:  # colour heads on the image, the others on the cached features
+        train_batches = frozen.batches("train", targets["train"], recolor)
+        val_batches = frozen.batches("val", targets["val"]) if len(split.val) else None
     steps_per_epoch = math.ceil(len(split.train) / config.batch_size)
     compile_model(model, heads, config, targets["train"], steps_per_epoch=steps_per_epoch,
                   relabelled=recolor.output if recolor else None)
-    best = BestEpoch(heads, images["val"], targets["val"], config.patience, restore=has_val,
-                     refresh=images["train"] if config.precise_bn else None,
-                     batch_size=config.batch_size, momentum=config.bn_momentum,
-                     steps_per_epoch=steps_per_epoch)
+    if frozen is None:
+        best = BestEpoch(heads, images["val"], targets["val"], config.patience,
+                         restore=has_val, refresh=images["train"] if config.precise_bn else None,
+                         batch_size=config.batch_size, momentum=config.bn_momentum,
+                         steps_per_epoch=steps_per_epoch)
+    else:
+        best = FeatureBestEpoch(frozen, heads, targets["val"], config.patience, restore=has_val)
     callbacks = [best] if len(split.val) else []
     lines = [EpochLine(heads, config.epochs)] if verbose != 0 else []
     started = time.perf_counter()
@@ -481,7 +511,10 @@ def train(config: TrainConfig, output: str | Path, *, overwrite: bool = False,
     if verbose != 0:
         log.info("trained in %.0f s; now re-estimating BatchNorm statistics, testing, "
                  "calibrating and saving the bundle", fit_seconds)
-    if config.precise_bn:
+    trained = model
+    if frozen is not None:  # scored and saved from here on: the one-input 224 px model
+        model = frozen.shipped_model(heads, trained)
+    elif config.precise_bn:
         precise_batchnorm(model, images["train"], config.batch_size, seed=config.seed)
     epochs_run = len(history.history.get("loss", []))
     hist = dict(history.history)
@@ -494,7 +527,9 @@ def train(config: TrainConfig, output: str | Path, *, overwrite: bool = False,
         temperatures = {h.name: round(fit_temperature(targets["val"][h.output_name], p, h.multi), 4)
                         for h, p in zip(heads, val_result["_probs"])}
     test_result = evaluate_split(model, heads, images["test"], targets["test"])
-    train_result = evaluate_split(model, heads, images["train"], targets["train"])
+    train_result = (evaluate_split(model, heads, images["train"], targets["train"])
+                    if frozen is None else frozen.evaluate(trained, heads, "train",
+                                                           targets["train"]))
     if temperatures and test_result["count"]:
         calibrated = [apply_temperature(p, temperatures[h.name], h.multi)
                       for h, p in zip(heads, test_result["_probs"])]
@@ -508,11 +543,12 @@ def train(config: TrainConfig, output: str | Path, *, overwrite: bool = False,
         generalisation_warning(train_result, test_result, "test"))
     if warning:
         log.warning("%s", warning)
-    trained_combos = sorted({combination(data.records[i].labels, heads) for i in split.train})
+    trained_combos = sorted({c for c in (attribute_combination(data.records[i].labels, heads)
+                                         for i in split.train) if "?" not in c.split("_")})
     per_combination: dict[str, dict[str, int]] = {}
     for name in ("train", "val", "test"):
         for i in getattr(split, name):
-            combo = combination(data.records[i].labels, heads)
+            combo = attribute_combination(data.records[i].labels, heads)
             per_combination.setdefault(combo, {"train": 0, "val": 0, "test": 0})[name] += 1
     metrics = {
         "split": split.summary(),
@@ -526,7 +562,8 @@ def train(config: TrainConfig, output: str | Path, *, overwrite: bool = False,
         "test": _public(test_result),
         "combinations": dict(sorted(per_combination.items())),
     }
-    bundle = Bundle(output, heads, Preprocessing(size=config.input_size), trained_combos,
+    size = config.input_size if frozen is None else frozen.input_size
+    bundle = Bundle(output, heads, Preprocessing(size=size), trained_combos,
                     temperatures, metrics, version=time.strftime("%Y%m%dT%H%M%S"))
     if test_result["count"]:
         matrices = {}
