@@ -16,7 +16,7 @@ Training: ``fashionnet train --dataset ../shared/datasets/fashion --preset quick
 (``metrics.json``) and test accuracy of each bundle, one run each (``--train-epochs`` for a
 shorter run).
 
-Writes results/cluster/bench.json and results/cluster/bench.md. Records the load average
+Writes results/current/cluster/bench.json and results/current/cluster/bench.md. Records the load average
 before and after: on a shared machine the figures move with what else runs.
 """
 
@@ -169,7 +169,7 @@ def main() -> int:
     parser.add_argument("--skip-training", action="store_true")
     parser.add_argument("--train-sides", default=";".join(TRAIN_SIDES),
                         help=f"';'-separated, of: {'; '.join(TRAIN_SIDES)}")
-    parser.add_argument("--output", type=Path, default=ROOT / "results" / "cluster")
+    parser.add_argument("--output", type=Path, default=ROOT / "results" / "current" / "cluster")
     args = parser.parse_args()
     data = {"machine": f"{platform.machine()}, {os.cpu_count()} cores, Python "
                        f"{platform.python_version()}",

@@ -14,7 +14,7 @@ folder, then three summaries:
 - unseen: known colours in a combination it never saw (red pants as red jeans);
 - category on new colours: shoes, dresses and shirts in colours outside its label set.
 
-Writes results/cross_source/<name>.json: ``--name``, else the bundle folder's name, or for a
+Writes results/current/cross_source/<name>.json: ``--name``, else the bundle folder's name, or for a
 study's fold model (``.../folds/<combination>``) its last three path parts joined by ``_``.
 """
 
@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.apparel.is_dir():
         print(f"{args.apparel}: not found (the apparel dataset lives in ../shared)")
         return 2
-    out = ROOT / "results" / "cross_source"
+    out = ROOT / "results" / "current" / "cross_source"
     out.mkdir(parents=True, exist_ok=True)
     only = set(args.folders.split(",")) if args.folders else None
     for bundle in args.bundles:

@@ -1,7 +1,7 @@
 """What `fashionnet doctor` finds on ``../shared/datasets/apparel`` as published.
 
 Trains a quick model on apparel (unless the run exists), runs the doctor with it, and writes
-``results/doctor/apparel/``: ``summary.md`` (issue counts, the top flagged label issues,
+``results/current/doctor/apparel/``: ``summary.md`` (issue counts, the top flagged label issues,
 named by their path in the dataset) and ``top.json``. No image of the dataset, not even a
 thumbnail, is written into the repository: its README forbids committing them; open the
 paths in ``../shared/datasets/apparel`` (or the doctor's own report.html) to see them.
@@ -25,7 +25,7 @@ def main() -> int:
     parser.add_argument("--dataset", type=Path, default=REPO.parent / "shared/datasets/apparel")
     parser.add_argument("--run", type=Path, default=REPO / "runs/doctor_apparel")
     parser.add_argument("--report", type=Path, default=Path("/tmp/fashionnet_doctor_apparel"))
-    parser.add_argument("--results", type=Path, default=REPO / "results/doctor/apparel")
+    parser.add_argument("--results", type=Path, default=REPO / "results/current/doctor/apparel")
     parser.add_argument("--top", type=int, default=12, help="label issues listed")
     parser.add_argument("--reuse", action="store_true", help="keep the doctor's report if present")
     args = parser.parse_args()

@@ -4,7 +4,7 @@ Writes a manifest of ``../shared/datasets/fashion`` (paths point at the shared f
 is copied) in which a seeded 5 % of the colour labels and 5 % of the category labels are moved
 to another class; trains a quick model on that noisy manifest (unless the run exists); runs the
 doctor with the model; and scores the flagged images per head against the planted ones
-(precision, recall, F1) into ``results/doctor/noise.md`` and ``noise.json``.
+(precision, recall, F1) into ``results/current/doctor/noise.md`` and ``noise.json``.
 
     python benchmarks/doctor_noise.py                      # prepare, train (~5-10 min), score
     python benchmarks/doctor_noise.py --prepare-only       # just the noisy manifest
@@ -88,7 +88,7 @@ def main() -> int:
                         help="model trained on the noisy manifest (trained when missing)")
     parser.add_argument("--rate", type=float, default=0.05)
     parser.add_argument("--seed", type=int, default=13)
-    parser.add_argument("--results", type=Path, default=REPO / "results/doctor")
+    parser.add_argument("--results", type=Path, default=REPO / "results/current/doctor")
     parser.add_argument("--prepare-only", action="store_true")
     args = parser.parse_args()
 

@@ -1,6 +1,6 @@
 """Re-run the adversarial review of issue 11 against this checkout and tally the outcomes.
 
-    python benchmarks/hostile_attacks.py --model RUN_DIR [--dataset DIR] [--out results/hostile.json]
+    python benchmarks/hostile_attacks.py --model RUN_DIR [--dataset DIR] [--out results/current/hostile.json]
 
 Every attempt ends in one of: ``clear`` (a clear 4xx / one-line error, or the correct answer),
 ``crash`` (a traceback, a 500, an exception escaping), ``hang`` (no answer within its time
@@ -935,7 +935,7 @@ def _png_photo() -> bytes:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", type=Path, required=True, help="a bundle (Keras backend)")
-    parser.add_argument("--out", type=Path, default=ROOT / "results" / "hostile.json")
+    parser.add_argument("--out", type=Path, default=ROOT / "results" / "current" / "hostile.json")
     parser.add_argument("--skip-server", action="store_true")
     parser.add_argument("--skip-ray", action="store_true", help="round two without Ray attacks")
     parser.add_argument("--server-args", default="--read-timeout 3 --workers 2 --queue 4",
