@@ -10,8 +10,10 @@ seen test images scored as `fashionnet study compositional` scored them, before 
   also makes (a 10 % zoom in or out, a 3-pixel diagonal shift either way), beyond the mirror
   image the model already averages over.
 
-    python benchmarks/levers/same_weights/rescore.py bn runs/study_bd50_s42 results/levers/bn_statistics/bd50_s42.json
-    python benchmarks/levers/same_weights/rescore.py views runs/study_bd50_s42 results/levers/tta_views/bd50_s42.json
+    python benchmarks/levers/same_weights/rescore.py bn runs/study_bd50_s42 \
+        results/levers/bn_statistics/bd50_s42.json
+    python benchmarks/levers/same_weights/rescore.py views runs/study_bd50_s42 \
+        results/levers/tta_views/bd50_s42.json
 """
 
 import json
