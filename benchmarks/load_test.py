@@ -31,6 +31,7 @@ import asyncio
 import json
 import os
 import platform
+import shlex
 import signal
 import socket
 import statistics
@@ -427,7 +428,7 @@ def main() -> int:
 
     summary = {label: summarise(rounds, levels, label) for label in servers}
     result = {
-        "command": "python benchmarks/load_test.py " + " ".join(sys.argv[1:]),
+        "command": "python benchmarks/load_test.py " + shlex.join(sys.argv[1:]),
         "machine": f"{platform.machine()}, {_cores()} cores, load average before "
                    f"{load_before:.1f}",
         "date": time.strftime("%Y-%m-%d %H:%M"),
