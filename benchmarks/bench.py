@@ -9,7 +9,7 @@ training rows run each side in a fresh process, alternating recipe / ours --repe
 report min / median / max: the recipe network at 96 px fed float64 arrays, against the default
 configuration (architecture, input size, augmentation, recolouring) through our pipeline.
 The recipe column of the latency rows uses an (untrained) recipe network: speed does not depend
-on the weights. Writes results/benchmarks.{md,json}. Needs ../shared/datasets and a bundle
+on the weights. Writes results/current/benchmarks.{md,json}. Needs ../shared/datasets and a bundle
 exported to ONNX (`fashionnet export MODEL`).
 
     python benchmarks/bench.py --only serving [--model BUNDLE] [--repeats 5]
@@ -20,7 +20,7 @@ batches of 32 of already-decoded images, end to end with decoding overlapped wit
 end to end the old way: decode a batch, then run it), float32 and int8 (when model.int8.onnx
 is there or can be made), the four taking turns for --repeats rounds; then the HTTP server via
 benchmarks/load_test.py (its own interleaved rounds: in-process baselines, then 1 / 8 / 16 / 32
-clients, then SIGTERM under load). Writes results/benchmarks_serving.{md,json}.
+clients, then SIGTERM under load). Writes results/current/benchmarks_serving.{md,json}.
 """
 
 from __future__ import annotations
@@ -277,7 +277,7 @@ def serving(args) -> int:
                                      labelling[precision].items() if "median" in v}),
               flush=True)
     shutil.rmtree(work, ignore_errors=True)
-    load_out = ROOT / "results" / "load_test"
+    load_out = ROOT / "results" / "current" / "load_test"
     command = [sys.executable, str(ROOT / "benchmarks" / "load_test.py"), "--rounds",
                str(args.repeats), "--seconds", "6", "--shutdown", "--out", str(load_out),
                "--server-args", "", "--server-args", "--model-workers 2 --model-threads 1"]
@@ -292,7 +292,7 @@ def serving(args) -> int:
             "model": str(args.model or "shipped default"), "folder": str(FASHION),
             "images": len(files(FASHION)), "labelling": labelling,
             "load_test": load["summary"], "shutdown_under_load": load["shutdown_under_load"]}
-    out = ROOT / "results" / "benchmarks_serving"
+    out = ROOT / "results" / "current" / "benchmarks_serving"
     out.with_suffix(".json").write_text(json.dumps(info, indent=2) + "\n")
 
     def mmm(d, fmt="{:.0f}"):
@@ -310,8 +310,8 @@ def serving(args) -> int:
                      f"{mmm(row['model_only_batch32'])} | {mmm(row['end_to_end'])} | "
                      f"{mmm(row['end_to_end_sequential'])} | "
                      f"{mmm(row['end_to_end_vs_min_model_decode'], '{:.2f}')} |")
-    lines += ["", "## HTTP server (results/load_test.md has the full table)", ""]
-    lines += [line for line in (ROOT / "results" / "load_test.md").read_text().splitlines()
+    lines += ["", "## HTTP server (results/current/load_test.md has the full table)", ""]
+    lines += [line for line in load_out.with_suffix(".md").read_text().splitlines()
               if line.startswith("|") or line.startswith("SIGTERM")]
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
@@ -389,7 +389,7 @@ def main() -> int:
                        f"{platform.python_version()}",
             "versions": {"tensorflow": tf.__version__, "onnxruntime": onnxruntime.__version__},
             "date": time.strftime("%Y-%m-%d"), "rows": rows}
-    out = ROOT / "results" / "benchmarks"
+    out = ROOT / "results" / "current" / "benchmarks"
     out.with_suffix(".json").write_text(json.dumps(info, indent=2) + "\n")
     lines = ["# Benchmarks", "", f"`{info['command']}` on {info['machine']}, {info['date']}; "
              "medians. Recipe: full decode + resize per file, float64 arrays, Keras "

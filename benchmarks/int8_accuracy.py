@@ -10,7 +10,8 @@ then `evaluate --subset test` scores float32 and int8 on the same 505 test image
 rule of issue 36: int8 becomes the runtime default only if exact match moves by <= 0.3 points.
 
 Speed: model only (decoded images in memory), batch 1 latency and batch-32 img/s, float32 and
-int8 taking turns for ``--rounds`` rounds; min / median / max. Writes results/int8.{md,json}.
+int8 taking turns for ``--rounds`` rounds; min / median / max. Writes
+results/current/int8.{md,json}.
 """
 
 from __future__ import annotations
@@ -86,7 +87,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", type=Path, help="bundle (default: the shipped model)")
     parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--output", type=Path, default=ROOT / "results" / "int8")
+    parser.add_argument("--output", type=Path, default=ROOT / "results" / "current" / "int8")
     parser.add_argument("--ship", action="store_true",
                         help="if int8 passes the bar, write its model.int8.onnx (calibrated on "
                              "the training split) into the bundle, making it the default")

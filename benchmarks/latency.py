@@ -2,12 +2,12 @@
 
     python benchmarks/latency.py runs/default3 runs/default4 --recipe
 
-Absolute latencies on a shared machine drift by 2x from one hour to the next (results/
+Absolute latencies on a shared machine drift by 2x from one hour to the next (results/current/
 benchmarks.md); a comparison counts only when the models take turns in one run. Each round
 times every model for ``--calls`` calls on the same random 1-image batch; the table gives
 min / median / max over ``--rounds`` rounds of the mean time per call. ``--recipe`` adds the
 recipe network (untrained, 96 px: speed does not depend on the weights) exported to ONNX, the
-model behind the 2.97 ms the issue's target was set from. Writes results/latency.{md,json}.
+model behind the 2.97 ms the issue's target was set from. Writes results/current/latency.{md,json}.
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ def main() -> int:
     parser.add_argument("--recipe", action="store_true", help="add the recipe network (96 px)")
     parser.add_argument("--rounds", type=int, default=9)
     parser.add_argument("--calls", type=int, default=300)
-    parser.add_argument("--output", type=Path, default=ROOT / "results" / "latency")
+    parser.add_argument("--output", type=Path, default=ROOT / "results" / "current" / "latency")
     args = parser.parse_args()
 
     models = {str(b): b / "model.onnx" for b in args.bundles}

@@ -21,7 +21,7 @@ and times the exit, sorting what the clients got after the signal: answers (200)
 (connection refused or closed before any byte of a response: retryable), and broken answers
 (a response cut mid-way, or a 5xx).
 
-Writes results/load_test.{json,md}. Loopback only; every level stops by itself.
+Writes results/current/load_test.{json,md}. Loopback only; every level stops by itself.
 """
 
 from __future__ import annotations
@@ -374,7 +374,7 @@ def main() -> int:
     parser.add_argument("--server-args", action="append",
                         help="extra `fashionnet serve` options; repeat it to compare "
                              "configurations: one server each, taking turns at every level")
-    parser.add_argument("--out", default=str(ROOT / "results" / "load_test"))
+    parser.add_argument("--out", default=str(ROOT / "results" / "current" / "load_test"))
     parser.add_argument("--baseline-child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     name, data = photo()

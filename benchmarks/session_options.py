@@ -5,7 +5,7 @@
 Every configuration loads the same bundle (`fashionnet.inference.load` with ``threads``,
 ``spin`` and ``precision``) and takes turns with the others for ``--rounds`` rounds: 100
 batch-1 calls (wall ms per call, and CPU ms per call: every thread of the process), then 5
-batches of 32 (img/s). Min / median / max over rounds. Writes results/onnx_session_options.
+batches of 32 (img/s). Min / median / max over rounds. Writes results/current/onnx_session_options.
 {md,json}. On a machine shared with other jobs, a configuration that spins waits for the
 cores it spins on: run it there, at the same time of day, for the answer that applies.
 """
@@ -30,7 +30,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", type=Path)
     parser.add_argument("--rounds", type=int, default=7)
-    parser.add_argument("--output", type=Path, default=ROOT / "results" / "onnx_session_options")
+    parser.add_argument("--output", type=Path, default=ROOT / "results" / "current" / "onnx_session_options")
     args = parser.parse_args()
     from fashionnet.default_model import default_model_path
     from fashionnet.inference import load

@@ -30,7 +30,7 @@ from fashionnet.runtime.runners import KerasRunner, OnnxRunner, Runner, cores, o
 BACKENDS = ("auto", "onnx", "keras")
 #: fp32: model.onnx; int8: model.int8.onnx (`fashionnet export --int8`); auto: int8 when the
 #: bundle has model.int8.onnx and the backend is ONNX, else fp32. On the shipped model int8
-#: left exact match on the fashion test split unchanged (results/int8.md: 95.05 % both).
+#: left exact match on the fashion test split unchanged (results/current/int8.md: 95.05 % both).
 PRECISIONS = ("auto", "fp32", "int8")
 INT8_FILE = "model.int8.onnx"
 __all__ = ["BACKENDS", "IMAGE_SUFFIXES", "Prediction", "Predictor", "expand_inputs", "load"]

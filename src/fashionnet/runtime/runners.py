@@ -133,7 +133,7 @@ def session_options(threads: int | None = None, spin: bool = False):
       here decode threads (classify, the server) and other processes want them. Measured on
       the 2-core machine under load, interleaved: batch-1 latency 2.3 ms without spinning
       against 5.8 ms with it, batches of 32 at 402 against 203 img/s, CPU per call 2.3 against
-      3.9 ms (results/onnx_session_options.md).
+      3.9 ms (results/current/onnx_session_options.md).
     - all graph optimisations (the default level, stated).
     """
     import onnxruntime as ort
