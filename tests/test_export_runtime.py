@@ -146,3 +146,19 @@ def test_int8_export_is_loadable_and_chosen_by_auto(exported, tiny_dataset, tmp_
     assert load(path).precision == "fp32"
     with pytest.raises(Exception, match="model.int8.onnx: missing"):
         load(path, precision="int8")
+
+
+def test_export_prints_its_parity_and_keeps_an_existing_export(exported, tmp_path, capsys):
+    path = tmp_path / "run"
+    shutil.copytree(exported, path)
+    before = (path / "model.onnx").read_bytes()
+    capsys.readouterr()
+    assert main(["export", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "already exported" in err and "--overwrite" in err
+    assert (path / "model.onnx").read_bytes() == before
+    assert main(["export", str(path), "--overwrite"]) == 0
+    out = capsys.readouterr().out
+    line = next(line for line in out.splitlines() if line.startswith("parity with Keras"))
+    gaps = [float(part.split()[-1]) for part in line.split(": ", 1)[1].split(" (")[0].split(", ")]
+    assert len(gaps) == 2 and all(0 <= g <= 1e-4 for g in gaps)

@@ -402,10 +402,14 @@ def cmd_export(args) -> int:
     needs = keras_modules() + (["tf2onnx", "onnx", "onnxruntime"]
                                if "onnx" in (args.format or ["onnx"]) else ["tensorflow"])
     require("fashionnet export", "export", *needs)
-    from fashionnet.runtime.export import export, export_int8
+    from fashionnet.runtime.export import LAST_PARITY, PARITY_TOLERANCE, export, export_int8
 
-    for path in export(args.model, formats=args.format):
+    for path in export(args.model, formats=args.format, overwrite=args.overwrite):
         print(f"wrote {path}")
+    if LAST_PARITY:
+        print("parity with Keras on 8 probe images, largest difference per head: "
+              + ", ".join(f"{name} {gap:.1e}" for name, gap in LAST_PARITY.items())
+              + f" (limit {PARITY_TOLERANCE:g})")
     if args.int8:
         print(f"wrote {export_int8(args.model, args.calibration)}")
     return 0
@@ -665,6 +669,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--calibration", type=Path, metavar="DIR",
                    help="with --int8: images to calibrate activation ranges on (default: the "
                         "bundle's training split, or its config's dataset)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing model.onnx (or savedmodel/)")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("serve", help="HTTP API and web page")

@@ -22,12 +22,25 @@ FORMATS = ("onnx", "savedmodel")
 PARITY_TOLERANCE = 1e-4
 
 
-def export(bundle_dir: str | Path, formats: Sequence[str] | None = None) -> list[Path]:
+#: The largest difference between the ONNX and the Keras outputs on the probe images, per
+#: head, of the last `export` (what the CLI prints as its parity figure).
+LAST_PARITY: dict[str, float] = {}
+
+
+def export(bundle_dir: str | Path, formats: Sequence[str] | None = None,
+           overwrite: bool = False) -> list[Path]:
+    """Export a bundle's model into the bundle (``model.onnx``, ``savedmodel/``); an existing
+    export is kept unless ``overwrite``, like every other command's output."""
     formats = list(formats or ["onnx"])
     bad = set(formats) - set(FORMATS)
     if bad:
         raise FashionNetError(f"unknown export format(s) {sorted(bad)}; choose from {FORMATS}")
     bundle = load_bundle(bundle_dir)
+    targets = {"onnx": bundle.onnx_path, "savedmodel": bundle.path / "savedmodel"}
+    existing = [str(targets[f]) for f in formats if targets[f].exists()]
+    if existing and not overwrite:
+        raise FashionNetError(f"{', '.join(existing)}: already exported; pass --overwrite to "
+                              f"replace it")
     from fashionnet.runtime.runners import KerasRunner
 
     runner = KerasRunner(bundle.keras_path, [h.output_name for h in bundle.heads])
@@ -67,6 +80,7 @@ def _export_onnx(bundle, model, probe: np.ndarray, expected: list[np.ndarray]) -
             raise FashionNetError(f"{bundle.path}: ONNX output for {head.name!r} differs from "
                                   f"Keras by {errors[best]:.2g}; export aborted")
         renames[names[best]] = head.output_name
+        LAST_PARITY[head.name] = float(errors[best])
     _rename_outputs(graph, renames)
     order = [h.output_name for h in bundle.heads]
     graph.graph.output.sort(key=lambda o: order.index(o.name))
