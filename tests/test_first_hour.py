@@ -377,9 +377,11 @@ def test_classify_csv_top_k_and_summary(tiny_bundle, tiny_dataset, capsys):
                          "--format", "csv", "--top-k", "2", "--batch-size", "4")
     assert code == 0, err
     rows = list(csv.reader(io.StringIO(out)))
-    assert rows[0] == ["source", "color", "color_probability", "category",
-                       "category_probability"]
-    assert len(rows) == 7 and all(len(r[1].split("|")) == 2 for r in rows[1:])
+    assert rows[0] == ["source", "color", "color_probability", "color_2",
+                       "color_2_probability", "category", "category_probability", "category_2",
+                       "category_2_probability", "error"]
+    assert len(rows) == 7 and all(len(r) == 10 and "|" not in "".join(r) for r in rows[1:])
+    assert all(float(r[2]) >= float(r[4]) for r in rows[1:])  # ranked, one value per cell
     assert "classified 6 image(s) in " in err and "img/s), backend " in err
     code, out, err = run(capsys, "classify", "--model", tiny_bundle.bundle.path,
                          folder / "0000.jpg", "--top-k", "3")
@@ -454,3 +456,23 @@ def test_openapi_describes_the_uploads(tiny_bundle):
     # the page: a busy indicator, and a failed upload clears the previous result
     page = client.get("/").text
     assert 'id="busy"' in page and "clearResult();" in page
+
+
+def test_a_csv_over_a_folder_with_a_broken_file_has_its_error_row(tiny_bundle, tiny_dataset,
+                                                                 tmp_path, capsys):
+    """Unreadable files were simply missing from the CSV (the Ray path writes an error row)."""
+    import csv
+    import io
+    import shutil
+
+    folder = tmp_path / "photos"
+    shutil.copytree(tiny_dataset / "blue_jeans", folder)
+    (folder / "broken.jpg").write_bytes(b"not a jpeg")
+    code, out, err = run(capsys, "classify", "--model", tiny_bundle.bundle.path, folder,
+                         "--format", "csv")
+    rows = list(csv.DictReader(io.StringIO(out)))
+    assert len(rows) == 7
+    broken = next(r for r in rows if r["source"].endswith("broken.jpg"))
+    assert broken["color"] == "" and "not an image" in broken["error"]
+    assert all(r["error"] == "" for r in rows if r is not broken)
+    assert code == 0 and "1 unreadable" in err  # exit 1 only when nothing could be read

@@ -228,8 +228,9 @@ def cmd_classify(args) -> int:
     if args.threshold is not None:
         predictor.heads = [dataclasses.replace(h, threshold=args.threshold) if h.multi else h
                            for h in predictor.heads]
-    results = predictor.predict_files(paths, strict=args.strict,
-                                      progress=args.format == "text")
+    # The bar goes to stderr, and only when that is a terminal (tqdm's disable=None): a CSV
+    # redirected to a file still shows its progress; a log file gets none.
+    results = predictor.predict_files(paths, strict=args.strict, progress=True)
     seconds = time.perf_counter() - started
     failures = written = 0
     if args.annotate:
@@ -241,6 +242,8 @@ def cmd_classify(args) -> int:
         if result.error:
             failures += 1
             print(f"error: {result.error}", file=sys.stderr)
+            if args.format == "csv":  # one row per input, as the Ray path writes
+                rows.append(_csv_error_row(result, predictor.heads, args.top_k))
             continue
         if args.annotate:
             annotate(paths[index], result, args.annotate, name=names[index])
@@ -260,8 +263,7 @@ def cmd_classify(args) -> int:
         import csv
 
         writer = csv.writer(sys.stdout, lineterminator="\n")
-        writer.writerow(["source", *(f"{h.name}{suffix}" for h in predictor.heads
-                                     for suffix in ("", "_probability"))])
+        writer.writerow(_csv_header(predictor.heads, args.top_k))
         writer.writerows(rows)
     if args.annotate:
         print(f"wrote {written} annotated image(s) to {args.annotate}", file=sys.stderr)
@@ -308,17 +310,35 @@ def _describe(head, top_k: int) -> str:
     return ", ".join(f"{label} ({p:.2%})" for label, p in best)
 
 
+def _csv_header(heads, top_k: int) -> list[str]:
+    """``source``, per head its label and probability columns (with ``--top-k K``, one pair per
+    rank of a single-label head: ``color``, ``color_probability``, ``color_2``, ...), ``error``."""
+    columns = ["source"]
+    for head in heads:
+        for rank in range(1 if head.multi else top_k):
+            name = head.name if rank == 0 else f"{head.name}_{rank + 1}"
+            columns += [name, f"{name}_probability"]
+    return [*columns, "error"]
+
+
 def _csv_row(result, top_k: int) -> list[str]:
-    """source, then per head the label(s) and probability(ies), several joined with |."""
+    """One cell per value: a single-label head's K best labels in K column pairs; a
+    multi-label head's set of labels (and their probabilities) joined with |."""
     row = [result.source]
     for head in result.heads.values():
         if head.multi:
-            labels, probs = head.label, head.probability
-        else:
-            best = sorted(head.probabilities.items(), key=lambda item: -item[1])[:top_k]
-            labels, probs = [b[0] for b in best], [b[1] for b in best]
-        row += ["|".join(labels), "|".join(f"{p:.6f}" for p in probs)]
-    return row
+            row += ["|".join(head.label), "|".join(f"{p:.6f}" for p in head.probability)]
+            continue
+        best = sorted(head.probabilities.items(), key=lambda item: -item[1])[:top_k]
+        for label, p in best + [("", None)] * (top_k - len(best)):
+            row += [label, "" if p is None else f"{p:.6f}"]
+    return [*row, ""]
+
+
+def _csv_error_row(result, heads, top_k: int) -> list[str]:
+    """An unreadable input's row: its source, empty label cells, and why."""
+    width = len(_csv_header(heads, top_k)) - 2
+    return [result.source, *[""] * width, result.error]
 
 
 def _finite(value):
@@ -553,7 +573,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("inputs", nargs="+", help="image files or folders")
     p.add_argument("--format", choices=["text", "json", "csv"], default="text",
                    help="text: one line per head; json: every class probability; csv: one row "
-                        "per image")
+                        "per image, an unreadable one with its error in the error column (exit "
+                        "code 1 only when no image could be read)")
     p.add_argument("--json", action="store_const", const="json", dest="format",
                    help="the same as --format json")
     p.add_argument("--top-k", type=int, default=1, metavar="K",
