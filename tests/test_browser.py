@@ -68,6 +68,10 @@ def test_upload_shows_each_heads_labels(server_url, tiny_dataset):
         driver.get(server_url + "/")
         WebDriverWait(driver, 20).until(
             lambda d: d.find_element(By.ID, "model").text.startswith("Heads:"))
+        # The label set in plain sight before any upload, and the model card a click away.
+        known = driver.find_element(By.ID, "labels").text
+        assert "only knows color: black, blue, green, red" in known and "category: dress" in known
+        assert driver.find_element(By.ID, "card").get_attribute("href").endswith("/v1/model/card")
         photo = sorted((tiny_dataset / "red_dress").iterdir())[0]
         driver.find_element(By.ID, "file").send_keys(str(photo))
         WebDriverWait(driver, 30).until(

@@ -115,3 +115,22 @@ def test_batch_limits(client):
     assert r.status_code == 413 and "batch limit of 4" in r.json()["error"]
     r = client.post("/v1/predict/batch", content=jpeg(), headers={"content-type": "image/jpeg"})
     assert r.status_code == 415
+
+
+def test_the_model_card_is_served_and_linked_from_the_page(client, tiny_bundle):
+    card = client.get("/v1/model/card")
+    assert card.status_code == 200 and card.headers["content-type"].startswith("text/markdown")
+    assert card.text == (tiny_bundle.bundle.path / "MODEL_CARD.md").read_text()
+    assert "`red_shoes`" in card.text  # the combination its training never saw
+    assert 'href="/v1/model/card"' in client.get("/").text
+
+
+def test_a_bundle_without_a_card_gets_one_generated(tiny_bundle, tmp_path):
+    import shutil
+
+    path = tmp_path / "old"
+    shutil.copytree(tiny_bundle.bundle.path, path)
+    (path / "MODEL_CARD.md").unlink()
+    app = create_app(path, backend="keras")
+    text = TestClient(app).get("/v1/model/card").text
+    assert text.startswith("# Model card: old") and "## Test figures" in text

@@ -361,6 +361,13 @@ def create_app(model: str | Path | Predictor, *, max_bytes: int = 10_000_000,
                             if k in bundle.metrics},
                 "limits": limits.public()}
 
+    card_text = _model_card(bundle.path)
+
+    @app.get("/v1/model/card", summary="The model card (Markdown): what it was trained on, "
+                                       "its figures and limits", response_class=Response)
+    def model_card() -> Response:
+        return Response(card_text, media_type="text/markdown; charset=utf-8")
+
     @app.get("/healthz", summary="Ready: a real prediction succeeded at start-up")
     def healthz():
         if not app.state.ready:
@@ -407,6 +414,23 @@ def _add_offline_docs(app: FastAPI) -> None:
             openapi_url=root + app.openapi_url, title=f"{app.title} - ReDoc",
             redoc_js_url=f"{root}{DOCS_ASSETS}/redoc.standalone.js",
             redoc_favicon_url=f"{root}{DOCS_ASSETS}/favicon.png", with_google_fonts=False)
+
+
+def _model_card(path: Path) -> str:
+    """The bundle's MODEL_CARD.md, or one generated from its files (the shipped model and
+    bundles older than the card have none on disk); read once, at start-up."""
+    from fashionnet.files import read_small_text
+    from fashionnet.model_card import CARD_FILE, render_model_card
+
+    if (path / CARD_FILE).is_file():
+        try:
+            return read_small_text(path / CARD_FILE, 1 << 20, "model card")
+        except (FashionNetError, UnicodeDecodeError):
+            pass
+    try:
+        return render_model_card(path)
+    except FashionNetError as exc:
+        return f"# Model card\n\nNot available: {exc}\n"
 
 
 class _Disconnected(Exception):
