@@ -61,8 +61,8 @@ def test_resume_of_a_finished_run_trains_nothing(tiny_dataset, tmp_path, monkeyp
         train(_config(tiny_dataset, epochs=2), out, verbose=0, resume=True)
 
 
-def test_a_checkpoint_of_other_settings_is_refused(tiny_dataset, tmp_path, monkeypatch):
-    out = tmp_path / "run"
+def _killed_after_epoch_1(tiny_dataset, out, monkeypatch) -> None:
+    """A run killed right after its first epoch's checkpoint."""
     real = _SaveEachEpoch.on_epoch_end
 
     def once(self, epoch, logs=None):
@@ -73,6 +73,11 @@ def test_a_checkpoint_of_other_settings_is_refused(tiny_dataset, tmp_path, monke
     with pytest.raises(Killed):
         train(_config(tiny_dataset), out, verbose=0)
     monkeypatch.undo()
+
+
+def test_a_checkpoint_of_other_settings_is_refused(tiny_dataset, tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    _killed_after_epoch_1(tiny_dataset, out, monkeypatch)
     state = json.loads((checkpoint_folder(out) / "state.json").read_text())
     assert state["epochs_done"] == 1 and "config" in state
     with pytest.raises(FashionNetError, match="another configuration"):
@@ -81,15 +86,7 @@ def test_a_checkpoint_of_other_settings_is_refused(tiny_dataset, tmp_path, monke
 
 def test_a_checkpoint_holds_no_pickle(tiny_dataset, tmp_path, monkeypatch):
     out = tmp_path / "run"
-    real = _SaveEachEpoch.on_epoch_end
-
-    def once(self, epoch, logs=None):
-        real(self, epoch, logs)
-        raise Killed
-
-    monkeypatch.setattr(_SaveEachEpoch, "on_epoch_end", once)
-    with pytest.raises(Killed):
-        train(_config(tiny_dataset), out, verbose=0)
+    _killed_after_epoch_1(tiny_dataset, out, monkeypatch)
     archives = list(checkpoint_folder(out).glob("*.npz"))
     assert archives
     for archive in archives:
