@@ -213,10 +213,22 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+#: A --server-args token of this script, not of `fashionnet serve`: that server runs with
+#: httptools and uvloop hidden from it, so uvicorn falls back to h11 + asyncio, as it does
+#: without uvicorn[standard]; for comparing the two HTTP stacks taking turns in one run.
+H11_ASYNCIO = "--h11-asyncio"
+HIDE_FAST_STACK = ("import sys; sys.modules.update(httptools=None, uvloop=None); "
+                   "from fashionnet.cli import main; sys.exit(main())")
+
+
 def start_server(model: str | None, log_path: Path, extra: list[str]) -> tuple[subprocess.Popen,
                                                                               int]:
     port = free_port()
-    command = [sys.executable, "-m", "fashionnet.cli", "serve", "--host", HOST, "--port",
+    entry = ["-m", "fashionnet.cli"]
+    if H11_ASYNCIO in extra:
+        extra = [a for a in extra if a != H11_ASYNCIO]
+        entry = ["-c", HIDE_FAST_STACK]
+    command = [sys.executable, *entry, "serve", "--host", HOST, "--port",
                str(port), *(["--model", model] if model else []), *extra]
     log = log_path.open("ab")
     server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
@@ -373,7 +385,9 @@ def main() -> int:
     parser.add_argument("--shutdown", action="store_true", help="SIGTERM under load, timed")
     parser.add_argument("--server-args", action="append",
                         help="extra `fashionnet serve` options; repeat it to compare "
-                             "configurations: one server each, taking turns at every level")
+                             "configurations: one server each, taking turns at every level; "
+                             f"--server-args={H11_ASYNCIO} (this script's): uvicorn on h11 + "
+                             "asyncio, with httptools and uvloop hidden")
     parser.add_argument("--out", default=str(ROOT / "results" / "current" / "load_test"))
     parser.add_argument("--baseline-child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
