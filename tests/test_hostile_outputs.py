@@ -18,6 +18,7 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -461,3 +462,83 @@ def test_the_doctor_decodes_under_the_servers_pixel_cap(tmp_path):
     assert decoded.kept.tolist() == [1]
     assert "over the limit" in decoded.errors[0]
 
+
+
+# --- a round of our own on what this round added (checkpoints, runs, the model card) -------
+
+
+def _checkpointed_run(tiny_dataset, tmp_path, monkeypatch):
+    from fashionnet.training import _SaveEachEpoch, checkpoint_folder
+
+    class Killed(BaseException):
+        pass
+
+    real = _SaveEachEpoch.on_epoch_end
+
+    def once(self, epoch, logs=None):
+        real(self, epoch, logs)
+        raise Killed
+
+    monkeypatch.setattr(_SaveEachEpoch, "on_epoch_end", once)
+    config = TrainConfig(dataset=str(tiny_dataset), epochs=2, input_size=32, batch_size=16,
+                         cache=False)
+    with pytest.raises(Killed):
+        from fashionnet import train
+
+        train(config, tmp_path / "run", verbose=0)
+    monkeypatch.undo()
+    return config, checkpoint_folder(tmp_path / "run")
+
+
+def test_a_checkpoint_holding_a_pickle_is_refused_not_run(tiny_dataset, tmp_path, monkeypatch):
+    from fashionnet import train
+
+    config, folder = _checkpointed_run(tiny_dataset, tmp_path, monkeypatch)
+    marker = tmp_path / "pwned"
+    np.savez(folder / "weights.npz", np.array([_Pwn(str(marker))], dtype=object))
+    with pytest.raises(FashionNetError, match="weights.npz"):
+        train(config, tmp_path / "run", verbose=0, resume=True)
+    assert not marker.exists()
+
+
+class _Pwn:
+    def __init__(self, path: str):
+        self.path = path
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+@fifos
+def test_a_fifo_checkpoint_state_is_refused_not_waited_on(tiny_dataset, tmp_path, monkeypatch):
+    from fashionnet import train
+
+    config, folder = _checkpointed_run(tiny_dataset, tmp_path, monkeypatch)
+    (folder / "state.json").unlink()
+    os.mkfifo(folder / "state.json")
+    done, value = finishes(lambda: train(config, tmp_path / "run", verbose=0, resume=True), 60)
+    assert done and isinstance(value, FashionNetError), value
+
+
+def test_runs_survives_link_loops_and_broken_bundles(tiny_bundle, tmp_path, capsys):
+    root = tmp_path / "runs"
+    shutil.copytree(tiny_bundle.bundle.path, root / "good")
+    (root / "loop").mkdir()
+    (root / "loop" / "again").symlink_to(root)
+    (root / "broken").mkdir()
+    (root / "broken" / "labels.json").write_text("[" * 100_000)
+    done, value = finishes(lambda: run_cli(capsys, "runs", root), 30)
+    assert done and value[0] == 0, value
+    assert "good" in value[1] and "skipped" in value[2] and "broken" in value[2]
+
+
+def test_the_card_of_a_hostile_bundle_is_text_not_markup(tiny_bundle, tmp_path):
+    from fashionnet.model_card import render_model_card
+
+    path = tmp_path / "run"
+    shutil.copytree(tiny_bundle.bundle.path, path)
+    doc = json.loads((path / "labels.json").read_text())
+    doc["heads"][0]["classes"][0] = "<script>alert(1)</script>"
+    (path / "labels.json").write_text(json.dumps(doc))
+    card = render_model_card(path)
+    assert "<script>alert(1)</script>" in card  # as text: served as text/markdown, not HTML

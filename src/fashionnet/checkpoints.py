@@ -105,7 +105,8 @@ def latest_checkpoint(folder: Path) -> Path | None:
     """``folder`` if it holds a complete checkpoint; else an aside copy that a kill between
     the two renames of `write_checkpoint` left (``NAME.old-PID``); else None."""
     folder = Path(folder)
-    if (folder / "state.json").is_file():
+    state = folder / "state.json"
+    if state.exists() or state.is_symlink():  # a FIFO or a device is refused when read
         return folder
     asides = sorted(folder.parent.glob(f"{folder.name}.old-*"),
                     key=lambda p: p.stat().st_mtime, reverse=True) if folder.parent.is_dir() \
