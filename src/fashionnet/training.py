@@ -509,8 +509,10 @@ def train(config: TrainConfig, output: str | Path, *, overwrite: bool = False,
         raise
     fit_seconds = time.perf_counter() - started
     if verbose != 0:
-        log.info("trained in %.0f s; now re-estimating BatchNorm statistics, testing, "
-                 "calibrating and saving the bundle", fit_seconds)
+        refresh = "re-estimating BatchNorm statistics, " if (
+            frozen is None and config.precise_bn) else ""
+        log.info("trained in %.0f s; now %stesting, calibrating and saving the bundle",
+                 fit_seconds, refresh)
     trained = model
     if frozen is not None:  # scored and saved from here on: the one-input 224 px model
         model = frozen.shipped_model(heads, trained)
