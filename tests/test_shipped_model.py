@@ -26,7 +26,9 @@ def _garment(path, rgb):
 def test_shipped_bundle_is_small_and_complete():
     folder = default_model_path()
     assert (folder / "labels.json").is_file() and (folder / "model.onnx").is_file()
-    assert sum(p.stat().st_size for p in folder.iterdir() if p.is_file()) < 6_000_000
+    # EfficientNet-Lite0's 4.7 M frozen weights in float32, and the heads: ~14 MB in all.
+    assert sum(p.stat().st_size for p in folder.iterdir() if p.is_file()) < 16_000_000
+    assert (folder / "MODEL_CARD.md").is_file()
     metrics = json.loads((folder / "metrics.json").read_text())
     assert metrics["test"]["count"] > 0
 

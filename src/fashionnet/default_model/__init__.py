@@ -1,9 +1,10 @@
 """The bundle `fashionnet classify` and `fashionnet serve` use when no ``--model`` is given.
 
-The default architecture trained on the fashion dataset of the Keras recipe (colours black,
-blue, red; categories dress, jeans, shirt, shoes), exported to ONNX so that it runs without
-TensorFlow. How it was made and what it scores: README, "The shipped model"; its own
-``metrics.json`` and ``config.json`` sit beside it.
+FashionNet with the pretrained category branch (``--backbone efficientnet-lite0``: a frozen
+ImageNet EfficientNet-Lite0 on the grayscale image at 224 px, the shape-blind colour head at
+64 px) trained on the fashion dataset of the Keras recipe (colours black, blue, red; categories
+dress, jeans, shirt, shoes), exported to ONNX so that it runs without TensorFlow. Its own
+``metrics.json``, ``config.json``, ``split.json`` and ``MODEL_CARD.md`` sit beside it.
 """
 
 from __future__ import annotations
