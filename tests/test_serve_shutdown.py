@@ -103,3 +103,47 @@ def test_sigterm_under_load_exits_within_5_s_answering_or_refusing_cleanly(tmp_p
             server.kill()
             server.wait()
         log.close()
+
+
+def test_request_headers_sent_a_byte_at_a_time_are_cut_off(tmp_path):
+    """uvicorn times out idle keep-alive connections, not slow headers: a client trickling
+    its headers held a connection for ever (issue 38); now --header-timeout closes it."""
+    port = _free_port()
+    log = (tmp_path / "server.log").open("wb")
+    server = subprocess.Popen(
+        [sys.executable, "-m", "fashionnet.cli", "serve", "--host", "127.0.0.1", "--port",
+         str(port), "--header-timeout", "2"], stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert server.poll() is None, (tmp_path / "server.log").read_text()
+            assert time.monotonic() < deadline, "the server did not start in 60 s"
+            try:
+                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+                conn.request("GET", "/healthz")
+                if conn.getresponse().status == 200:
+                    break
+            except OSError:
+                time.sleep(0.1)
+        with socket.create_connection(("127.0.0.1", port), timeout=2) as s:
+            s.sendall(b"POST /v1/predict HTTP/1.1\r\nHost: x\r\n")
+            started, closed_after = time.monotonic(), None
+            while time.monotonic() - started < 15:
+                try:
+                    s.sendall(b"X-Slow: 1\r\n")
+                    s.settimeout(0.5)
+                    if s.recv(100) == b"":
+                        closed_after = time.monotonic() - started
+                        break
+                except TimeoutError:
+                    continue
+                except OSError:
+                    closed_after = time.monotonic() - started
+                    break
+        assert closed_after is not None and closed_after < 6, closed_after
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+        conn.request("GET", "/healthz")
+        assert conn.getresponse().status == 200  # everyone else is served as before
+    finally:
+        server.kill()
+        server.wait()

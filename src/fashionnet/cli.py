@@ -444,7 +444,7 @@ def cmd_serve(args) -> int:
 
     for name in ("max_bytes", "max_request_bytes", "max_buffered_bytes", "max_pixels",
                  "max_batch", "request_timeout", "read_timeout", "upload_timeout",
-                 "model_batch"):
+                 "header_timeout", "model_batch"):
         value = getattr(args, name)
         if not math.isfinite(value) or value <= 0:  # NaN passes every comparison
             raise FashionNetError(f"--{name.replace('_', '-')} must be a finite positive "
@@ -465,7 +465,8 @@ def cmd_serve(args) -> int:
           max_pixels=args.max_pixels, max_batch=args.max_batch, workers=args.workers,
           queue=args.queue, request_timeout=args.request_timeout,
           read_timeout=args.read_timeout, upload_timeout=args.upload_timeout,
-          model_batch=args.model_batch, max_batch_delay_ms=args.max_batch_delay_ms,
+          header_timeout=args.header_timeout, model_batch=args.model_batch,
+          max_batch_delay_ms=args.max_batch_delay_ms,
           batch_queue=args.batch_queue, model_threads=args.model_threads,
           model_workers=args.model_workers,
           precision=args.precision,
@@ -733,6 +734,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="seconds for decode + inference, queue included (else 503)")
     p.add_argument("--read-timeout", type=float, default=15.0,
                    help="seconds a client may stay silent mid-upload (else 408)")
+    p.add_argument("--header-timeout", type=float, default=10.0,
+                   help="seconds a request's line and headers may take (else the connection "
+                        "is closed)")
     p.add_argument("--upload-timeout", type=float, default=60.0,
                    help="seconds a whole request body may take, however it trickles in "
                         "(else 408)")

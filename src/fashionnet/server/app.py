@@ -72,6 +72,7 @@ class ServerLimits:
     request_timeout: float = 30.0          # seconds for decode + inference, queue included
     read_timeout: float = 15.0             # seconds a client may stay silent mid-upload
     upload_timeout: float = 60.0           # seconds the whole request body may take
+    header_timeout: float = 10.0           # seconds the request line and headers may take
     model_batch: int = 32                  # images per model call (dynamic batching)
     max_batch_delay_ms: float = 2.0        # wait for images being decoded; 0: never wait
     batch_queue: int = 0                   # images queued for the model; 0: 4 model batches
@@ -508,4 +509,45 @@ def serve(model: str | Path, host: str = "127.0.0.1", port: int = 8000, *,
     # On SIGTERM uvicorn stops accepting, answers the requests in flight and closes idle
     # keep-alive connections; whatever is still running after `shutdown_grace` seconds is cut.
     uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False,
-                timeout_keep_alive=5, timeout_graceful_shutdown=shutdown_grace)
+                timeout_keep_alive=5, timeout_graceful_shutdown=shutdown_grace,
+                http=header_deadline_protocol(limits.header_timeout))
+
+
+def header_deadline_protocol(seconds: float):
+    """uvicorn's HTTP protocol (httptools when installed, else h11) with a deadline on the
+    request line and headers: a client that sends them a byte at a time would otherwise hold
+    its connection for ever (uvicorn times out idle keep-alive connections, not slow headers;
+    the body has `ServerLimits.upload_timeout`). The connection is closed once ``seconds``
+    pass between a request's first byte and its last header."""
+    try:
+        from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol as Base
+    except ImportError:
+        from uvicorn.protocols.http.h11_impl import H11Protocol as Base
+
+    class HeaderDeadline(Base):  # type: ignore[valid-type, misc]
+        _header_timer = None
+
+        def _waiting_for_headers(self) -> bool:
+            return self.cycle is None or self.cycle.response_complete
+
+        def data_received(self, data: bytes) -> None:
+            if self._header_timer is None and self._waiting_for_headers():
+                self._header_timer = self.loop.call_later(seconds, self._headers_too_slow)
+            super().data_received(data)
+            if self._header_timer is not None and not self._waiting_for_headers():
+                self._header_timer.cancel()
+                self._header_timer = None
+
+        def _headers_too_slow(self) -> None:
+            self._header_timer = None
+            if self._waiting_for_headers() and not self.transport.is_closing():
+                log.warning("closed a connection whose request headers took over %g s",
+                            seconds)
+                self.transport.close()
+
+        def connection_lost(self, exc) -> None:
+            if self._header_timer is not None:
+                self._header_timer.cancel()
+            super().connection_lost(exc)
+
+    return HeaderDeadline
