@@ -255,8 +255,16 @@ def _trial(params: dict, base: dict, objective: str, holdout: list[str], cwd: st
             if "val_exact_match" in logs:
                 metrics["val_exact_match"] = float(logs["val_exact_match"])
             if objective == "heldout" and len(held):
+                probs = None
+                if data.backbone is not None:  # the two-input training model of a frozen backbone
+                    from fashionnet.backbone_training import predict_inputs
+                    from fashionnet.model.backbone_net import training_inputs
+
+                    probs = predict_inputs(self.model, training_inputs(data.heads),
+                                           data.backbone.color_images[held],
+                                           data.backbone.features["plain"][held])
                 scored = evaluate_split(self.model, data.heads, data.images[held],
-                                        data.targets(held))
+                                        data.targets(held), probs=probs)
                 metrics["heldout_exact_match"] = float(scored["exact_match"])
             ray_tune.report(metrics)
 
