@@ -30,24 +30,29 @@ def _jpeg() -> bytes:
     return buf.getvalue()
 
 
-def test_sigterm_under_load_exits_within_5_s_answering_or_refusing_cleanly(tmp_path):
+def _start_server(tmp_path, *options: str) -> tuple[subprocess.Popen, int]:
+    """A real `fashionnet serve` with the shipped model, once /healthz answers 200."""
     port = _free_port()
-    log = (tmp_path / "server.log").open("wb")
-    server = subprocess.Popen(
-        [sys.executable, "-m", "fashionnet.cli", "serve", "--host", "127.0.0.1", "--port",
-         str(port)], stdout=log, stderr=subprocess.STDOUT)  # a file, never an unread pipe
+    with (tmp_path / "server.log").open("wb") as log:  # a file, never an unread pipe
+        server = subprocess.Popen(
+            [sys.executable, "-m", "fashionnet.cli", "serve", "--host", "127.0.0.1", "--port",
+             str(port), *options], stdout=log, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 60
+    while True:
+        assert server.poll() is None, (tmp_path / "server.log").read_text()
+        assert time.monotonic() < deadline, "the server did not start in 60 s"
+        try:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+            conn.request("GET", "/healthz")
+            if conn.getresponse().status == 200:
+                return server, port
+        except OSError:
+            time.sleep(0.1)
+
+
+def test_sigterm_under_load_exits_within_5_s_answering_or_refusing_cleanly(tmp_path):
+    server, port = _start_server(tmp_path)
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert server.poll() is None, (tmp_path / "server.log").read_text()
-            assert time.monotonic() < deadline, "the server did not start in 60 s"
-            try:
-                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
-                conn.request("GET", "/healthz")
-                if conn.getresponse().status == 200:
-                    break
-            except OSError:
-                time.sleep(0.1)
         body = _jpeg()
         seen = {"ok": 0, "refused": 0, "cut": 0, "bad_status": []}
         lock = threading.Lock()
@@ -102,29 +107,13 @@ def test_sigterm_under_load_exits_within_5_s_answering_or_refusing_cleanly(tmp_p
         if server.poll() is None:
             server.kill()
             server.wait()
-        log.close()
 
 
 def test_request_headers_sent_a_byte_at_a_time_are_cut_off(tmp_path):
     """uvicorn times out idle keep-alive connections, not slow headers: a client trickling
     its headers held a connection for ever (issue 38); now --header-timeout closes it."""
-    port = _free_port()
-    log = (tmp_path / "server.log").open("wb")
-    server = subprocess.Popen(
-        [sys.executable, "-m", "fashionnet.cli", "serve", "--host", "127.0.0.1", "--port",
-         str(port), "--header-timeout", "2"], stdout=log, stderr=subprocess.STDOUT)
+    server, port = _start_server(tmp_path, "--header-timeout", "2")
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert server.poll() is None, (tmp_path / "server.log").read_text()
-            assert time.monotonic() < deadline, "the server did not start in 60 s"
-            try:
-                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
-                conn.request("GET", "/healthz")
-                if conn.getresponse().status == 200:
-                    break
-            except OSError:
-                time.sleep(0.1)
         with socket.create_connection(("127.0.0.1", port), timeout=2) as s:
             s.sendall(b"POST /v1/predict HTTP/1.1\r\nHost: x\r\n")
             started, closed_after = time.monotonic(), None
