@@ -488,7 +488,8 @@ def cmd_tune(args) -> int:
                    holdout=_names(args.tune_holdout) if args.tune_holdout else None,
                    settings=_names(args.settings) if args.settings else None,
                    max_concurrent=args.max_concurrent, cpus_per_trial=args.cpus_per_trial,
-                   address=args.address, seed=args.seed or 0, overwrite=args.overwrite)
+                   address=args.address, seed=args.seed or 0, overwrite=args.overwrite,
+                   time_budget=60 * args.minutes if args.minutes else None)
     print((Path(args.output) / "trials.md").read_text())
     best = summary["best"]
     print(f"best {summary['metric']} {100 * best[summary['metric']]:.2f} %: "
@@ -664,6 +665,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="tune only these (default: every setting declared tunable)")
     p.add_argument("--max-concurrent", type=int, metavar="K",
                    help="trials at once (default: as many as the CPUs allow)")
+    p.add_argument("--minutes", type=float, metavar="M",
+                   help="stop after M minutes: no new trial starts, running ones stop")
     p.add_argument("--cpus-per-trial", type=float, default=1.0, metavar="C",
                    help="CPUs each trial reserves (and sizes TensorFlow's threads to)")
     p.add_argument("--address", metavar="ADDR", help="an existing Ray cluster")

@@ -59,8 +59,12 @@ def tune(config: TrainConfig, output: str | Path, *, trials: int = 8,
          objective: str = "heldout", holdout: list[str] | None = None,
          settings: list[str] | None = None, epochs: int | None = None,
          max_concurrent: int | None = None, cpus_per_trial: float = 1.0,
-         address: str | None = None, seed: int = 0, overwrite: bool = False) -> dict:
-    """Search ``trials`` configurations around ``config``; returns the summary (tune.json)."""
+         address: str | None = None, seed: int = 0, overwrite: bool = False,
+         time_budget: float | None = None) -> dict:
+    """Search ``trials`` configurations around ``config``; returns the summary (tune.json).
+
+    ``time_budget``: seconds after which no new trial starts and running ones are stopped
+    (Ray Tune's ``time_budget_s``); the trials finished by then are the result."""
     require_cluster("fashionnet tune")
     require_training("fashionnet tune")
     from fashionnet.outputs import check_destination, dataset_inputs
@@ -69,6 +73,9 @@ def tune(config: TrainConfig, output: str | Path, *, trials: int = 8,
         raise FashionNetError(f"--objective must be one of {', '.join(OBJECTIVES)}")
     if trials < 1:
         raise FashionNetError("--trials must be at least 1")
+    if time_budget is not None and not (math.isfinite(time_budget) and time_budget > 0):
+        raise FashionNetError(f"--minutes must be a finite positive number, not "
+                              f"{time_budget / 60:g}")
     if not config.dataset or not Path(config.dataset).exists():
         raise FashionNetError(f"{config.dataset}: dataset not found")
     output = Path(output).resolve()
@@ -107,7 +114,7 @@ def tune(config: TrainConfig, output: str | Path, *, trials: int = 8,
         trainable, param_space=_ray_space(space),
         tune_config=ray_tune.TuneConfig(
             metric=metric, mode="max", scheduler=scheduler, num_samples=trials,
-            max_concurrent_trials=max_concurrent,
+            max_concurrent_trials=max_concurrent, time_budget_s=time_budget,
             search_alg=_seeded_search(seed)),
         run_config=ray_tune.RunConfig(storage_path=str(work), name="fashionnet-tune",
                                       verbose=0))
