@@ -542,3 +542,13 @@ def test_the_card_of_a_hostile_bundle_is_text_not_markup(tiny_bundle, tmp_path):
     (path / "labels.json").write_text(json.dumps(doc))
     card = render_model_card(path)
     assert "<script>alert(1)</script>" in card  # as text: served as text/markdown, not HTML
+
+
+def test_dotdot_after_a_link_is_resolved_where_the_link_leads(tmp_path):
+    """``link/..`` is the parent of the link's target, not the link's own folder."""
+    data = tmp_path / "store" / "photos"
+    data.mkdir(parents=True)
+    (tmp_path / "work").mkdir()
+    (tmp_path / "work" / "link").symlink_to(data)
+    with pytest.raises(FashionNetError, match="contains the dataset"):
+        check_output(tmp_path / "work" / "link" / "..", [("dataset", data)])

@@ -28,7 +28,9 @@ HOLDS_OUTPUTS = frozenset({"model"})
 
 def resolved(path: str | Path) -> Path:
     """``path`` made absolute, with ``..`` and every symbolic link along it resolved."""
-    return Path(os.path.realpath(os.path.abspath(os.path.expanduser(str(path)))))
+    # realpath alone: it resolves each link before it applies the ".." after it (abspath
+    # first would collapse "link/.." lexically, to the wrong folder).
+    return Path(os.path.realpath(os.path.expanduser(str(path))))
 
 
 def check_output(output: str | Path, inputs: Iterable[tuple[str, str | Path]],
