@@ -119,6 +119,31 @@ class Tally:
                 + self.broken + self.bad_body)
 
 
+async def exchange(reader, writer, request: bytes, tally: Tally
+                   ) -> tuple[int | None, bytes, bool]:
+    """One request on an open connection, counted in ``tally``: (status, body, whether the
+    connection stays open). A refused or cut exchange closes the connection."""
+    tally.sent += 1
+    started = time.perf_counter()
+    try:
+        writer.write(request)
+        await writer.drain()
+        status, keep_alive, body = await read_response(reader)
+    except (EOFError, ConnectionError):
+        tally.refused += 1
+        writer.close()
+        return None, b"", False
+    except Broken:
+        tally.broken += 1
+        writer.close()
+        return None, b"", False
+    tally.latencies.append(time.perf_counter() - started)
+    tally.statuses[status] = tally.statuses.get(status, 0) + 1
+    if not keep_alive:
+        writer.close()
+    return status, body, keep_alive
+
+
 async def client(port: int, request: bytes, stop_at: float, budget: list[int], tally: Tally,
                  stop_event: asyncio.Event | None = None) -> None:
     reader = writer = None
@@ -133,28 +158,10 @@ async def client(port: int, request: bytes, stop_at: float, budget: list[int], t
                 tally.refused += 1
                 await asyncio.sleep(0.01)
                 continue
-        started = time.perf_counter()
-        tally.sent += 1
-        try:
-            writer.write(request)
-            await writer.drain()
-            status, keep_alive, body = await read_response(reader)
-        except (EOFError, ConnectionError):
-            tally.refused += 1
-            writer.close()
-            writer = None
-            continue
-        except Broken:
-            tally.broken += 1
-            writer.close()
-            writer = None
-            continue
-        tally.latencies.append(time.perf_counter() - started)
-        tally.statuses[status] = tally.statuses.get(status, 0) + 1
+        status, body, alive = await exchange(reader, writer, request, tally)
         if status == 200 and b'"heads"' not in body:
             tally.bad_body += 1
-        if not keep_alive:
-            writer.close()
+        if not alive:
             writer = None
     if writer is not None:
         writer.close()
@@ -330,26 +337,8 @@ def shutdown_under_load(model: str | None, request: bytes, log_path: Path, extra
                         tally.refused += 1
                         await asyncio.sleep(0.02)
                         continue
-                tally.sent += 1
-                started = time.perf_counter()
-                try:
-                    writer.write(request)
-                    await writer.drain()
-                    status, keep_alive, body = await read_response(reader)
-                except (EOFError, ConnectionError):
-                    tally.refused += 1
-                    writer.close()
-                    writer = None
-                    continue
-                except Broken:
-                    tally.broken += 1
-                    writer.close()
-                    writer = None
-                    continue
-                tally.latencies.append(time.perf_counter() - started)
-                tally.statuses[status] = tally.statuses.get(status, 0) + 1
-                if not keep_alive:
-                    writer.close()
+                _, _, alive = await exchange(reader, writer, request, tally)
+                if not alive:
                     writer = None
             if writer is not None:
                 writer.close()
