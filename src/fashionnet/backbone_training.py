@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import math
 from collections.abc import Sequence
 
 import keras
@@ -40,8 +39,8 @@ import numpy as np
 
 from fashionnet.config import TrainConfig
 from fashionnet.data.images import decode_many, to_model_input
-from fashionnet.data.pipeline import augment_batch
-from fashionnet.data.recolor import Recoloring, recolor_batch
+from fashionnet.data.pipeline import BatchSequence
+from fashionnet.data.recolor import Recoloring
 from fashionnet.data.splits import Split, duplicate_groups
 from fashionnet.errors import FashionNetError
 from fashionnet.heads import HeadSpec
@@ -135,7 +134,7 @@ def attach(data: Dataset, config: TrainConfig, progress: bool = True) -> Dataset
     return data
 
 
-class FeatureBatches(keras.utils.PyDataset):
+class FeatureBatches(BatchSequence):
     """Batches of ({image, features}, {output: targets}); training batches are reshuffled
     every epoch, recoloured like a scratch run's (image and colour label only) and take each
     image's features of a random view."""
@@ -144,31 +143,16 @@ class FeatureBatches(keras.utils.PyDataset):
                  features: dict[str, np.ndarray], targets: dict[str, np.ndarray],
                  batch_size: int = 32, shuffle: bool = False, augment: bool = False,
                  seed: int = 0, recolor: Recoloring | None = None):
-        super().__init__()
-        self.names, self.images, self.features = tuple(names), images, features
-        self.targets, self.batch_size = targets, batch_size
-        self.shuffle, self.augment, self.recolor = shuffle, augment, recolor
-        self.rng = np.random.default_rng(seed)
-        self.order = np.arange(len(images))
-        if shuffle:
-            self.rng.shuffle(self.order)
-
-    def __len__(self) -> int:
-        return math.ceil(len(self.images) / self.batch_size)
+        super().__init__(images, targets, batch_size, shuffle=shuffle, augment=augment,
+                         seed=seed, recolor=recolor)
+        self.names, self.features = tuple(names), features
 
     def __getitem__(self, index: int):
-        rows = self.order[index * self.batch_size:(index + 1) * self.batch_size]
+        rows = self.rows(index)
         targets = {n: y[rows] for n, y in self.targets.items()}
         inputs = {}
         if "image" in self.names:
-            batch = self.images[rows]
-            if self.recolor is not None:
-                out = self.recolor.output
-                batch, targets[out] = recolor_batch(batch, targets[out], self.recolor.plan,
-                                                    self.recolor.probability, self.rng,
-                                                    self.recolor.outside)
-            inputs["image"] = (augment_batch(batch, self.rng) / np.float32(255.0)
-                               if self.augment else to_model_input(batch))
+            inputs["image"] = self.image_batch(rows, targets)
         if "features" in self.names:
             views = [self.features[v][rows] for v in VIEWS if v in self.features]
             if self.shuffle and len(views) > 1:
@@ -177,10 +161,6 @@ class FeatureBatches(keras.utils.PyDataset):
             else:
                 inputs["features"] = views[0]
         return inputs, targets
-
-    def on_epoch_end(self) -> None:
-        if self.shuffle:
-            self.rng.shuffle(self.order)
 
 
 def predict_inputs(model: keras.Model, names: Sequence[str], images: np.ndarray,

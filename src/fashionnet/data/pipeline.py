@@ -66,19 +66,27 @@ class BatchSequence(keras.utils.PyDataset):
     def __len__(self) -> int:
         return math.ceil(len(self.images) / self.batch_size)
 
-    def __getitem__(self, index: int):
-        rows = self.order[index * self.batch_size:(index + 1) * self.batch_size]
+    def rows(self, index: int) -> np.ndarray:
+        return self.order[index * self.batch_size:(index + 1) * self.batch_size]
+
+    def image_batch(self, rows: np.ndarray, targets: dict[str, np.ndarray] | None
+                    ) -> np.ndarray:
+        """The images at ``rows``, recoloured (their colour label in ``targets`` moved with
+        them) and augmented when asked, as model input."""
         batch = self.images[rows]
-        targets = None if self.targets is None else {n: y[rows] for n, y in self.targets.items()}
         if self.recolor is not None and targets is not None:
             out = self.recolor.output
             batch, targets[out] = recolor_batch(batch, targets[out], self.recolor.plan,
                                                 self.recolor.probability, self.rng,
                                                 self.recolor.outside)
         if self.augment:
-            x = augment_batch(batch, self.rng) * np.float32(self.scale)
-        else:
-            x = to_model_input(batch, self.scale)
+            return augment_batch(batch, self.rng) * np.float32(self.scale)
+        return to_model_input(batch, self.scale)
+
+    def __getitem__(self, index: int):
+        rows = self.rows(index)
+        targets = None if self.targets is None else {n: y[rows] for n, y in self.targets.items()}
+        x = self.image_batch(rows, targets)
         if targets is None:
             return (x,)
         return x, targets
