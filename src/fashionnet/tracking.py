@@ -126,35 +126,35 @@ def mlflow_tracker(track: str | None, uri: str | None, experiment: str, run_name
     return MlflowTracker(uri, experiment, run_name, params)
 
 
-def read_scalars(log_dir: Path) -> dict[str, list[tuple[int, float]]]:
-    """Every scalar in the event files under ``log_dir`` ({"train/epoch_loss": [(step,
-    value)]}): what TensorBoard shows, read with TensorFlow's own record reader."""
+def _events(log_dir: Path):
+    """(folder relative to ``log_dir``, event) for every event in its event files, read with
+    TensorFlow's own record reader (what TensorBoard reads)."""
     import tensorflow as tf
 
-    out: dict[str, list[tuple[int, float]]] = {}
     for path in sorted(Path(log_dir).rglob("events.out.tfevents.*")):
         folder = path.parent.relative_to(log_dir).as_posix()
         for record in tf.data.TFRecordDataset(str(path)):
-            event = tf.compat.v1.Event.FromString(record.numpy())
-            for value in event.summary.value:
-                if value.HasField("simple_value"):
-                    number = value.simple_value
-                elif value.HasField("tensor") and value.tensor.dtype == tf.float32.as_datatype_enum:
-                    number = float(tf.make_ndarray(value.tensor))
-                else:
-                    continue
-                out.setdefault(f"{folder}/{value.tag}", []).append((event.step, number))
+            yield folder, tf.compat.v1.Event.FromString(record.numpy())
+
+
+def read_scalars(log_dir: Path) -> dict[str, list[tuple[int, float]]]:
+    """Every scalar under ``log_dir``: {"train/epoch_loss": [(step, value)]}."""
+    import tensorflow as tf
+
+    out: dict[str, list[tuple[int, float]]] = {}
+    for folder, event in _events(log_dir):
+        for value in event.summary.value:
+            if value.HasField("simple_value"):
+                number = value.simple_value
+            elif value.HasField("tensor") and value.tensor.dtype == tf.float32.as_datatype_enum:
+                number = float(tf.make_ndarray(value.tensor))
+            else:
+                continue
+            out.setdefault(f"{folder}/{value.tag}", []).append((event.step, number))
     return out
 
 
 def image_tags(log_dir: Path) -> list[str]:
-    import tensorflow as tf
-
-    tags = []
-    for path in sorted(Path(log_dir).rglob("events.out.tfevents.*")):
-        for record in tf.data.TFRecordDataset(str(path)):
-            event = tf.compat.v1.Event.FromString(record.numpy())
-            tags += [v.tag for v in event.summary.value
-                     if v.metadata.plugin_data.plugin_name == "images"]
-    return tags
-
+    """The tags of every image under ``log_dir`` (the confusion matrices)."""
+    return [v.tag for _, event in _events(log_dir) for v in event.summary.value
+            if v.metadata.plugin_data.plugin_name == "images"]

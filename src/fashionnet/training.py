@@ -602,6 +602,12 @@ def train(config: TrainConfig, output: str | Path, *, overwrite: bool = False,
     return TrainResult(bundle, metrics, split)
 
 
+def plain_config(config: TrainConfig) -> dict:
+    """The configuration as its JSON file holds it (what a run's config.json and its
+    checkpoints are compared with)."""
+    return json.loads(json.dumps(config.to_dict(), default=str))
+
+
 def _finished_run(output: Path, config: TrainConfig) -> TrainResult | None:
     """The bundle at ``output`` if it is a finished run of ``config``; None if there is none.
     A bundle of another configuration is refused: resuming it would mean training anew."""
@@ -611,7 +617,7 @@ def _finished_run(output: Path, config: TrainConfig) -> TrainResult | None:
         saved = read_json_file(output / "config.json", "run configuration")
     except FashionNetError:
         return None
-    if saved != json.loads(json.dumps(config.to_dict(), default=str)):
+    if saved != plain_config(config):
         raise FashionNetError(f"{output}: a finished run of another configuration; choose "
                               f"another --output, or --overwrite to train this one anew")
     bundle = load_bundle(output)
@@ -626,7 +632,7 @@ class LocalCheckpoints:
 
     def __init__(self, folder: Path, config: TrainConfig, resume: bool):
         self.folder, self.resume = Path(folder), resume
-        self.config = json.loads(json.dumps(config.to_dict(), default=str))
+        self.config = plain_config(config)
 
     def fit_hook(self, model, best) -> tuple[int, list]:
         history = keras.callbacks.History()
