@@ -19,7 +19,7 @@ from fashionnet.bundle import SPLIT_FILE, Bundle, load_bundle, read_split, write
 from fashionnet.data.images import decode_many
 from fashionnet.data.sources import Record, dataset_root, read_dataset, relative_key
 from fashionnet.errors import FashionNetError
-from fashionnet.heads import HeadSpec, attribute_combination, encode_targets
+from fashionnet.heads import HeadSpec, attribute_combination, encode_targets, fully_labelled
 from fashionnet.metrics import (
     accuracy,
     bootstrap_ci,
@@ -75,7 +75,7 @@ def report_from_probabilities(heads: Sequence[HeadSpec], records: Sequence[Recor
         idx = np.array(by_combo[combo])
         report["combinations"][combo] = {
             "count": len(idx),
-            "seen": (combo in trained) if trained and "?" not in combo.split("_") else None,
+            "seen": (combo in trained) if trained and fully_labelled(combo) else None,
             "exact_match": float(rows_right[idx].mean()),
             "heads": {h.name: accuracy(t[idx], p[idx], h.multi, h.threshold)
                       for h, t, p in zip(heads, t_list, probs)},
@@ -83,7 +83,7 @@ def report_from_probabilities(heads: Sequence[HeadSpec], records: Sequence[Recor
     if trained:
         seen = np.array([c in trained for c in combos])
         # a row missing a single-label head's label is neither seen nor unseen
-        unseen = ~seen & np.array(["?" not in c.split("_") for c in combos])
+        unseen = ~seen & np.array([fully_labelled(c) for c in combos])
         unseen_rows = rows_right[unseen]
         report["seen_exact_match"] = float(rows_right[seen].mean()) if seen.any() else math.nan
         report["unseen_exact_match"] = (float(unseen_rows.mean()) if unseen.any()

@@ -181,6 +181,12 @@ def attribute_combination(labels: dict[str, Label], heads: Sequence[HeadSpec]) -
     return combination(labels, [h for h in heads if not h.multi])
 
 
+def fully_labelled(combo: str) -> bool:
+    """Whether an `attribute_combination` names every label (no ``?``): only such a
+    combination can be seen or unseen in training."""
+    return "?" not in combo.split("_")
+
+
 def encode_targets(records: Sequence[Any], heads: Sequence[HeadSpec]) -> dict[str, np.ndarray]:
     """``{<head>_output: float32 targets}`` for records; unknown labels become rows of -1."""
     return {h.output_name: h.encode([r.labels.get(h.name) for r in records]) for h in heads}

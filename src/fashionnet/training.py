@@ -36,6 +36,7 @@ from fashionnet.heads import (
     attribute_combination,
     encode_targets,
     fit_classes,
+    fully_labelled,
 )
 from fashionnet.metrics import (
     accuracy,
@@ -546,7 +547,7 @@ def train(config: TrainConfig, output: str | Path, *, overwrite: bool = False,
     if warning:
         log.warning("%s", warning)
     trained_combos = sorted({c for c in (attribute_combination(data.records[i].labels, heads)
-                                         for i in split.train) if "?" not in c.split("_")})
+                                         for i in split.train) if fully_labelled(c)})
     per_combination: dict[str, dict[str, int]] = {}
     for name in ("train", "val", "test"):
         for i in getattr(split, name):
