@@ -1,15 +1,25 @@
 """Out-of-set answers measured on real photos the model never trained on (issue 34).
 
-    python benchmarks/open_set.py [--model BUNDLE]
+    python benchmarks/open_set.py [--model BUNDLE] [--out results/current/open_set]
 
-In-set: the shipped model's `fashion` test split (rebuilt from its config, as
-benchmarks/int8_accuracy.py does). Colour out-of-set: ``../shared/datasets/apparel`` folders
-whose colour is not one of the model's (brown_*, green_*, white_*); category out-of-set: its
-*_shorts folders (*_pants left out: pants and jeans overlap). Nothing is trained on them.
-Each candidate score is fitted the way training fits it (colour model on the training split,
-threshold on the validation split, keeping 95 % of the correctly answered) and reported with
-its AUROC, the share of out-of-set images answered ``unknown`` and the in-set coverage and
-accuracy on what stays answered. Writes results/current/open_set.{json,md}.
+In-set: the bundle's `fashion` test split (split.json). Colour out-of-set:
+``../shared/datasets/apparel`` folders whose colour the model has no name for (brown_*, green_*,
+white_*); category out-of-set: its *_shorts folders (*_pants left out: pants and jeans
+overlap). A control the issue does not ask for: apparel's black/blue/red pants, colours the
+model knows photographed by another source, which should mostly stay answered (a score that
+only told the two sources apart would flag them too). Nothing is trained on any of them.
+
+Two parts:
+
+1. **As shipped**: the bundle's own rules (labels.json, fitted at training or by
+   `fashionnet calibrate`), run by `fashionnet.inference.Predictor` on its ONNX model: AUROC,
+   the share of out-of-set photos answered unknown, in-set coverage and accuracy.
+2. **Candidates** (needs model.keras): each score of the issue fitted the same way (class
+   statistics on the training split, threshold keeping 95 % of the correct validation answers)
+   and scored alike: max softmax probability (msp), energy (minus log-sum-exp of the logits),
+   and the Mahalanobis distance of the head's own features (unit length, shared covariance).
+
+Writes OUT.json and OUT.md.
 """
 
 from __future__ import annotations
@@ -23,91 +33,212 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "datasets"
-sys.path.insert(0, str(ROOT / "benchmarks"))
 
 
 def decode(paths, size):
     from fashionnet.data.images import decode_many
 
     decoded = decode_many(paths, size, progress=False)
+    if len(decoded.kept) != len(paths):
+        raise SystemExit(f"{len(paths) - len(decoded.kept)} unreadable images")
     return decoded.images
+
+
+def photo_sets(bundle, heads):
+    """name -> (paths, {head: class index or None}) for every set the report scores."""
+    split = json.loads((bundle / "split.json").read_text())
+    fashion = SHARED / "fashion"
+    colour = next(h for h in heads if h.branch == "color")
+    category = next(h for h in heads if h.name == "category")
+
+    def labelled(paths):
+        out = {h.name: [] for h in heads}
+        for p in paths:
+            c, k = p.parent.name.split("_")
+            out[colour.name].append(colour.classes.index(c) if c in colour.classes else -1)
+            out[category.name].append(category.classes.index(k) if k in category.classes
+                                      else -1)
+        return paths, {name: np.array(v) for name, v in out.items()}
+
+    apparel = sorted(d for d in (SHARED / "apparel").iterdir() if d.is_dir())
+    files = {d.name: sorted(p for p in d.iterdir() if p.is_file()) for d in apparel}
+    sets = {name: labelled([fashion / key for key in split[name]])
+            for name in ("train", "val", "test")}
+    sets["ood_colour"] = labelled([p for name, ps in files.items() if not name.endswith(
+        "_shorts") and name.split("_")[0] not in colour.classes for p in ps])
+    sets["ood_category"] = labelled([p for name, ps in files.items()
+                                     if name.endswith("_shorts") for p in ps])
+    sets["control_known_colours"] = labelled([p for name, ps in files.items()
+                                              if name.endswith("_pants")
+                                              and name.split("_")[0] in colour.classes
+                                              for p in ps])
+    return sets
+
+
+def as_shipped(model: Path, sets, images) -> dict:
+    from fashionnet.inference import load
+
+    predictor = load(model)
+    rows = {}
+    outputs = {}
+    for name in ("test", "ood_colour", "ood_category", "control_known_colours"):
+        probs, emb = predictor.predict_outputs(images[name])
+        outputs[name] = (probs, emb, predictor.out_of_set(probs, emb))
+    for k, head in enumerate(predictor.heads):
+        rule = predictor.rules.get(head.name)
+        if rule is None:
+            continue
+        ood = "ood_colour" if head.branch == "color" else "ood_category"
+
+        def scores(name, k=k, head=head, rule=rule):
+            probs, emb, _ = outputs[name]
+            return rule.scores(probs[k], emb.get(head.name))
+
+        labels = sets["test"][1][head.name]
+        probs, _, verdicts = outputs["test"]
+        answered = ~verdicts[head.name][0]
+        right = probs[k].argmax(1) == labels
+        from fashionnet.open_set import auroc
+
+        row = {"score": rule.score, "threshold": rule.threshold,
+               "auroc": auroc(scores("test"), scores(ood)),
+               "out_of_set_unknown": float(outputs[ood][2][head.name][0].mean()),
+               "in_set_answered": float(answered.mean()),
+               "in_set_accuracy_answered": float(right[answered].mean()),
+               "in_set_accuracy_all": float(right.mean())}
+        if head.branch == "color":
+            control = outputs["control_known_colours"]
+            row["control_answered"] = float((~control[2][head.name][0]).mean())
+            truth = sets["control_known_colours"][1][head.name]
+            ok = ~control[2][head.name][0]
+            row["control_accuracy_answered"] = float(
+                (control[0][k].argmax(1) == truth)[ok].mean())
+            row["control_accuracy_all"] = float((control[0][k].argmax(1) == truth).mean())
+        rows[head.name] = row
+    return {"backend": predictor.backend, "heads": rows}
+
+
+def candidates(model: Path, sets, images) -> dict:
+    """Every candidate score, from the Keras model's logits and head features."""
+    from fashionnet.extras import import_keras_quietly
+
+    import_keras_quietly()
+    import keras
+
+    import fashionnet.model.layers  # noqa: F401
+    from fashionnet.bundle import load_bundle
+    from fashionnet.metrics import apply_temperature
+    from fashionnet.open_set import auroc, fit_embedding, mahalanobis, unit_length
+
+    bundle = load_bundle(model)
+    net = keras.saving.load_model(model / "model.keras", compile=False, safe_mode=True)
+    heads = bundle.heads
+    tensors = [net.get_layer(f"{h.name}_logits").output for h in heads] + [
+        net.get_layer(f"{h.name}_logits").input for h in heads]
+    probe = keras.Model(net.input, tensors)
+    got = {}
+    for name, x in images.items():
+        parts = [probe(x[i:i + 32].astype(np.float32) / 255.0, training=False)
+                 for i in range(0, len(x), 32)]
+        got[name] = [np.concatenate([keras.ops.convert_to_numpy(p[j]) for p in parts])
+                     for j in range(2 * len(heads))]
+    out = {}
+    for k, head in enumerate(heads):
+        t = bundle.temperatures.get(head.name, 1.0)
+        ood = "ood_colour" if head.branch == "color" else "ood_category"
+
+        def probs(name, k=k, t=t):
+            z = got[name][k]
+            e = np.exp(z - z.max(1, keepdims=True))
+            return apply_temperature(e / e.sum(1, keepdims=True), t, False)
+
+        def energy(name, k=k):
+            z = got[name][k]
+            m = z.max(1)
+            return -(m + np.log(np.exp(z - m[:, None]).sum(1)))
+
+        train_labels = sets["train"][1][head.name]
+        means, precision = fit_embedding(got["train"][len(heads) + k], train_labels,
+                                         len(head.classes))
+
+        def embedding(name, k=k, means=means, precision=precision):
+            return mahalanobis(unit_length(got[name][len(heads) + k]), means, precision)
+
+        scores = {"msp": lambda name, probs=probs: 1 - probs(name).max(1),
+                  "energy": energy, "embedding": embedding}
+        rows = {}
+        val_right = probs("val").argmax(1) == sets["val"][1][head.name]
+        test_right = probs("test").argmax(1) == sets["test"][1][head.name]
+        for score, f in scores.items():
+            threshold = np.quantile(f("val")[val_right], 0.95)
+            answered = f("test") <= threshold
+            rows[score] = {
+                "auroc": auroc(f("test"), f(ood)),
+                "out_of_set_unknown": float((f(ood) > threshold).mean()),
+                "in_set_answered": float(answered.mean()),
+                "in_set_accuracy_answered": float(test_right[answered].mean()),
+                "features": int(got["train"][len(heads) + k].shape[1])}
+            if head.branch == "color":
+                rows[score]["control_answered"] = float(
+                    (f("control_known_colours") <= threshold).mean())
+        out[head.name] = rows
+    return out
+
+
+def pct(x):
+    return f"{100 * x:.1f} %"
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", type=Path, default=None)
     parser.add_argument("--out", type=Path, default=ROOT / "results" / "current" / "open_set")
+    parser.add_argument("--skip-candidates", action="store_true")
     args = parser.parse_args()
-    from int8_accuracy import rebuilt_split
-
-    from fashionnet.data.sources import read_folders
+    from fashionnet.bundle import load_bundle
     from fashionnet.default_model import default_model_path
-    from fashionnet.inference import load
-    from fashionnet.open_set import auroc, fit_open_set
 
-    model = args.model or default_model_path()
-    predictor = load(model, precision="fp32") if "precision" in load.__code__.co_varnames \
-        else load(model)
-    heads = predictor.heads
-    size = predictor.bundle.preprocessing.size
-    split = rebuilt_split(model) if not (model / "split.json").is_file() else \
-        json.loads((model / "split.json").read_text())
-    fashion = SHARED / "fashion"
-    images, labels = {}, {}
-    for name in ("train", "val", "test"):
-        paths = [fashion / key for key in split[name]]
-        images[name] = decode(paths, size)
-        labels[name] = {h.name: np.array([h.classes.index(
-            p.parent.name.split("_")[0 if h.name == "color" else 1]) for p in paths])
-            for h in heads}
-    probs = {name: dict(zip([h.name for h in heads],
-                            predictor.predict_probabilities(images[name])))
-             for name in ("val", "test")}
-    apparel = read_folders(SHARED / "apparel")
-    colour_names = set(next(h for h in heads if h.name == "color").classes)
-    out_colour = [r.path for r in apparel if r.labels["color"] not in colour_names]
-    out_category = [r.path for r in apparel if r.labels["category"] == "shorts"]
-    ood = {"color": decode(out_colour, size), "category": decode(out_category, size)}
-    ood_probs = {head: dict(zip([h.name for h in heads], predictor.predict_probabilities(x)))
-                 for head, x in ood.items()}
-    report = {"model": str(model), "in_set": len(images["test"]),
-              "out_of_set": {"color": len(out_colour), "category": len(out_category)},
-              "heads": {}}
-    for head in heads:
-        rows = {}
-        for score in (("msp", "colour") if head.name == "color" else ("msp",)):
-            spec = fit_open_set(score, probs["val"][head.name], labels["val"][head.name],
-                                images["val"], images["train"], labels["train"][head.name])
-            s_in = spec.scores(probs["test"][head.name], images["test"])
-            s_out = spec.scores(ood_probs[head.name][head.name], ood[head.name])
-            answered = s_in <= spec.threshold
-            right = probs["test"][head.name].argmax(1) == labels["test"][head.name]
-            rows[score] = {
-                "auroc": auroc(s_in, s_out),
-                "threshold": spec.threshold,
-                "out_of_set_unknown": float((s_out > spec.threshold).mean()),
-                "in_set_answered": float(answered.mean()),
-                "in_set_accuracy_answered": float(right[answered].mean()),
-                "in_set_accuracy_all": float(right.mean()),
-            }
-        report["heads"][head.name] = rows
+    model = Path(args.model or default_model_path())
+    bundle = load_bundle(model)
+    sets = photo_sets(model, bundle.heads)
+    size = bundle.preprocessing.size
+    images = {name: decode(paths, size) for name, (paths, _) in sets.items()}
+    report = {"model": str(model), "counts": {n: len(p) for n, (p, _) in sets.items()},
+              "shipped": as_shipped(model, sets, images)}
+    if not args.skip_candidates and (model / "model.keras").is_file():
+        report["candidates"] = candidates(model, sets, images)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
+    n = report["counts"]
     lines = ["# Out-of-set answers", "",
-             f"`python benchmarks/open_set.py` on `{Path(model).name}`: in-set = the fashion "
-             f"test split ({report['in_set']} images); colour out-of-set = apparel's brown, "
-             f"green and white photos ({len(out_colour)}); category out-of-set = apparel's "
-             f"shorts ({len(out_category)}). Thresholds fitted on the validation split "
-             f"(95 % of its correct answers kept).", "",
+             f"`python benchmarks/open_set.py --model {model.name}`: in-set = the fashion test "
+             f"split ({n['test']} photos); colour out-of-set = apparel's brown, green and white "
+             f"photos ({n['ood_colour']}); category out-of-set = apparel's shorts "
+             f"({n['ood_category']}); control = apparel's black, blue and red pants "
+             f"({n['control_known_colours']}: colours the model knows, another source). "
+             f"Thresholds keep 95 % of the correct validation answers.", "",
+             "## As shipped (the bundle's rules, " + report["shipped"]["backend"] + ")", "",
              "| head | score | AUROC | out-of-set answered unknown | in-set answered | "
-             "in-set accuracy (answered / all) |", "| --- | --- | --- | --- | --- | --- |"]
-    for head, rows in report["heads"].items():
-        for score, r in rows.items():
-            lines.append(f"| {head} | {score} | {r['auroc']:.3f} | "
-                         f"{100 * r['out_of_set_unknown']:.1f} % | "
-                         f"{100 * r['in_set_answered']:.1f} % | "
-                         f"{100 * r['in_set_accuracy_answered']:.2f} / "
-                         f"{100 * r['in_set_accuracy_all']:.2f} % |")
+             "in-set accuracy answered / all | control answered |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
+    for head, r in report["shipped"]["heads"].items():
+        control = pct(r["control_answered"]) if "control_answered" in r else "–"
+        lines.append(f"| {head} | {r['score']} | {r['auroc']:.3f} | "
+                     f"{pct(r['out_of_set_unknown'])} | {pct(r['in_set_answered'])} | "
+                     f"{100 * r['in_set_accuracy_answered']:.2f} / "
+                     f"{100 * r['in_set_accuracy_all']:.2f} % | {control} |")
+    if "candidates" in report:
+        lines += ["", "## Candidates (Keras, each fitted alike)", "",
+                  "| head | score | AUROC | out-of-set unknown | in-set answered | "
+                  "in-set accuracy answered | control answered |",
+                  "| --- | --- | --- | --- | --- | --- | --- |"]
+        for head, rows in report["candidates"].items():
+            for score, r in rows.items():
+                control = pct(r["control_answered"]) if "control_answered" in r else "–"
+                name = score if score != "embedding" else f"embedding ({r['features']}-d)"
+                lines.append(f"| {head} | {name} | {r['auroc']:.3f} | "
+                             f"{pct(r['out_of_set_unknown'])} | {pct(r['in_set_answered'])} | "
+                             f"{100 * r['in_set_accuracy_answered']:.2f} % | {control} |")
     args.out.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0

@@ -51,3 +51,28 @@ def tiny_bundle(tiny_dataset, tmp_path_factory):
 @pytest.fixture
 def rng():
     return np.random.default_rng(0)
+
+
+@pytest.fixture(scope="session")
+def two_colour_dataset(tmp_path_factory) -> dict[str, Path]:
+    """Garments in black and red only (train), fresh black/red ones, and blue/green ones the
+    model never sees: the colours it has no name for."""
+    from fashionnet.data.synthetic import write_dataset
+
+    root = tmp_path_factory.mktemp("two_colours")
+    return {"train": write_dataset(root / "train", per_combination=16, size=48,
+                                   colors=("black", "red")),
+            "known": write_dataset(root / "known", per_combination=3, size=48, seed=6,
+                                   colors=("black", "red")),
+            "other": write_dataset(root / "other", per_combination=3, size=48, seed=5,
+                                   colors=("blue", "green"))}
+
+
+@pytest.fixture(scope="session")
+def two_colour_bundle(two_colour_dataset, tmp_path_factory):
+    """Trained on two colours, with a validation split big enough for out-of-set rules."""
+    from fashionnet import TrainConfig, train
+
+    config = TrainConfig(dataset=str(two_colour_dataset["train"]), epochs=8, input_size=32,
+                         batch_size=16, val_fraction=0.3, cache=False)
+    return train(config, tmp_path_factory.mktemp("two_colour_bundle") / "run", verbose=0)

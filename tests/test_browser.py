@@ -37,8 +37,8 @@ def chrome(window="390,844", *extra):
     return webdriver.Chrome(service=Service(DRIVER), options=options)
 
 
-@pytest.fixture(scope="module")
-def server_url(tiny_bundle):
+def _serve(bundle_path):
+    """Serve a bundle on a free port in a thread; yields its URL."""
     import uvicorn
 
     from fashionnet.server.app import create_app
@@ -46,7 +46,7 @@ def server_url(tiny_bundle):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(create_app(tiny_bundle.bundle.path, backend="keras"),
+    server = uvicorn.Server(uvicorn.Config(create_app(bundle_path, backend="keras"),
                                            host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -57,6 +57,16 @@ def server_url(tiny_bundle):
     yield f"http://127.0.0.1:{port}"
     server.should_exit = True
     thread.join(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def server_url(tiny_bundle):
+    yield from _serve(tiny_bundle.bundle.path)
+
+
+@pytest.fixture(scope="module")
+def open_set_url(two_colour_bundle):
+    yield from _serve(two_colour_bundle.bundle.path)
 
 
 def test_upload_shows_each_heads_labels(server_url, tiny_dataset):
@@ -143,5 +153,42 @@ def test_docs_work_offline_and_try_it_out_sends_a_file(server_url, tiny_dataset)
         assert '"color"' in body.text and '"category"' in body.text
         ARTIFACTS.mkdir(exist_ok=True)
         driver.save_screenshot(str(ARTIFACTS / "docs_page.png"))
+    finally:
+        driver.quit()
+
+
+def test_unknown_colour_reads_not_one_of(open_set_url, two_colour_dataset):
+    """A model that knows black and red says so before the first upload, and shows a green
+    garment's colour as "not one of: black, red" with its closest guess, not as bars."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    driver = chrome()
+    try:
+        driver.get(open_set_url + "/")
+        WebDriverWait(driver, 20).until(
+            lambda d: d.find_element(By.ID, "model").text.startswith("Heads:"))
+        known = driver.find_element(By.ID, "labels").text
+        assert "only knows color: black, red" in known
+        assert "not one of these" in known and "(color" in known
+        photos = sorted((two_colour_dataset["other"] / "green_dress").iterdir())
+        shown = []
+        for photo in photos:
+            driver.find_element(By.ID, "file").send_keys(str(photo))
+            WebDriverWait(driver, 30).until(
+                lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-ready") == "1")
+            box = driver.find_element(By.CSS_SELECTOR, '.head[data-head="color"]')
+            shown.append((box.get_attribute("data-unknown"),
+                          box.find_element(By.CLASS_NAME, "label").text,
+                          len(box.find_elements(By.CLASS_NAME, "bar"))))
+        unknown = [s for s in shown if s[0] == "1"]
+        assert len(unknown) >= 2, shown
+        for _, title, bars in unknown:
+            assert title == "color: not one of: black, red" and bars == 0
+        guess = driver.find_elements(By.CSS_SELECTOR, '.head[data-head="color"] p.guess')
+        if shown[-1][0] == "1":
+            assert guess[0].text.startswith("Closest: ")
+        ARTIFACTS.mkdir(exist_ok=True)
+        driver.save_screenshot(str(ARTIFACTS / "web_page_unknown.png"))
     finally:
         driver.quit()

@@ -227,12 +227,16 @@ class FrozenBackbone:
                               augment=training and self.config.augment, seed=self.config.seed,
                               recolor=recolor if training else None)
 
+    def predict(self, model: keras.Model, name: str) -> list[np.ndarray]:
+        """The training model's outputs on one split's plain features."""
+        rows = self.rows[name]
+        return predict_inputs(model, self.names, self.data.color_images[rows],
+                              self.data.features["plain"][rows])
+
     def evaluate(self, model: keras.Model, heads, name: str,
                  targets: dict[str, np.ndarray]) -> dict:
         rows = self.rows[name]
-        probs = predict_inputs(model, self.names, self.data.color_images[rows],
-                               self.data.features["plain"][rows])
-        return evaluate_split(model, heads, rows, targets, probs=probs)
+        return evaluate_split(model, heads, rows, targets, probs=self.predict(model, name))
 
     def shipped_model(self, heads: Sequence[HeadSpec], trained: keras.Model) -> keras.Model:
         """The bundle's model: one 224 px input, Lite0 inside, the trained heads' weights."""

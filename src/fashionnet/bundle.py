@@ -4,7 +4,7 @@
       model.keras      Keras model (config + weights; loads in safe mode)
       model.onnx       optional, from `fashionnet export` (the TensorFlow-free runtime)
       labels.json      heads and classes in output order, preprocessing, trained combinations,
-                       calibration temperatures
+                       calibration temperatures, out-of-set rules (`fashionnet.open_set`)
       config.json      the training configuration
       metrics.json     train / validation / test figures
       history.csv, losses.png, accuracy.png
@@ -27,6 +27,7 @@ from fashionnet.data.images import Preprocessing
 from fashionnet.errors import FashionNetError
 from fashionnet.files import MAX_JSON_BYTES, read_json_file, read_small_bytes
 from fashionnet.heads import HeadSpec
+from fashionnet.open_set import OpenSetRule
 from fashionnet.outputs import check_replaceable, claim_output
 
 FORMAT_VERSION = 1
@@ -49,6 +50,8 @@ class Bundle:
     temperatures: dict[str, float] = dataclasses.field(default_factory=dict)
     metrics: dict[str, Any] = dataclasses.field(default_factory=dict)
     version: str = ""
+    #: per single-label head, when it answers "unknown" (absent in bundles made before them)
+    open_set: dict[str, OpenSetRule] = dataclasses.field(default_factory=dict)
 
     @property
     def keras_path(self) -> Path:
@@ -68,6 +71,8 @@ class Bundle:
             "preprocessing": self.preprocessing.to_dict(),
             "trained_combinations": self.trained_combinations,
             "temperatures": self.temperatures,
+            **({"open_set": {name: rule.to_dict() for name, rule in self.open_set.items()}}
+               if self.open_set else {}),
         }
 
 
@@ -75,8 +80,9 @@ def load_bundle(path: str | Path) -> Bundle:
     """Read a bundle's JSON; raise FashionNetError naming the file and field if anything is off.
 
     Checked here: the document's shape and types, unique head names, at least one class per
-    head and no duplicates, the input size, finite positive temperatures for known heads.
-    The model itself is checked against these by whoever loads it (`Predictor`).
+    head and no duplicates, the input size, finite positive temperatures for known heads,
+    out-of-set rules that fit their heads. The model itself is checked against these by
+    whoever loads it (`Predictor`).
     """
     path = Path(path)
     labels_path = path / LABELS_FILE
@@ -108,7 +114,7 @@ def load_bundle(path: str | Path) -> Bundle:
                              f"{[h.output_name for h in heads]!r}")
     metrics = _read_metrics(path / "metrics.json")
     return Bundle(path, heads, preprocessing, list(combos), temperatures, metrics,
-                  str(doc.get("version", "")))
+                  str(doc.get("version", "")), _read_open_set(doc, heads, bad, labels_path))
 
 
 def _read_metrics(file: Path) -> dict:
@@ -218,6 +224,21 @@ def _read_temperatures(doc: dict, heads: list[HeadSpec], bad: _Invalid) -> dict[
             raise bad(f"temperatures.{name}", f"must be a finite positive number, not {value!r}")
         out[name] = float(value)
     return out
+
+
+def _read_open_set(doc: dict, heads: list[HeadSpec], bad: _Invalid,
+                   labels_path: Path) -> dict[str, OpenSetRule]:
+    raw = doc.get("open_set", {})
+    if not isinstance(raw, dict):
+        raise bad("open_set", f"must be an object {{head: rule}}, not {_kind(raw)}")
+    by_name = {h.name: h for h in heads}
+    rules = {}
+    for name, data in raw.items():
+        if name not in by_name:
+            raise bad(f"open_set.{name}", f"names no head (heads: {', '.join(sorted(by_name))})")
+        rules[name] = OpenSetRule.from_dict(data, by_name[name],
+                                            f"{labels_path}: field open_set.{name}")
+    return rules
 
 
 def read_split(run: str | Path) -> dict | None:

@@ -223,7 +223,7 @@ def cmd_classify(args) -> int:
         claim_output(args.annotate, "classify --annotate")
     started = time.perf_counter()
     predictor = load(_model_or_default(args.model), backend=args.backend,
-                     precision=args.precision)
+                     precision=args.precision, abstain=not args.no_abstain)
     predictor.batch_size = args.batch_size
     if args.threshold is not None:
         predictor.heads = [dataclasses.replace(h, threshold=args.threshold) if h.multi else h
@@ -243,13 +243,14 @@ def cmd_classify(args) -> int:
             failures += 1
             print(f"error: {result.error}", file=sys.stderr)
             if args.format == "csv":  # one row per input, as the Ray path writes
-                rows.append(_csv_error_row(result, predictor.heads, args.top_k))
+                rows.append(_csv_error_row(result, predictor.heads, args.top_k,
+                                           predictor.rules))
             continue
         if args.annotate:
             annotate(paths[index], result, args.annotate, name=names[index])
             written += 1
         if args.format == "csv":
-            rows.append(_csv_row(result, args.top_k))
+            rows.append(_csv_row(result, args.top_k, predictor.rules))
         if args.format != "text":
             continue
         if len(results) > 1:
@@ -263,11 +264,12 @@ def cmd_classify(args) -> int:
         import csv
 
         writer = csv.writer(sys.stdout, lineterminator="\n")
-        writer.writerow(_csv_header(predictor.heads, args.top_k))
+        writer.writerow(_csv_header(predictor.heads, args.top_k, predictor.rules))
         writer.writerows(rows)
     if args.annotate:
         print(f"wrote {written} annotated image(s) to {args.annotate}", file=sys.stderr)
     done = len(results) - failures
+    print(_label_set(predictor), file=sys.stderr)
     print(f"classified {done} image(s){f' ({failures} unreadable)' if failures else ''} in "
           f"{seconds:.2f} s ({done / max(seconds, 1e-9):.1f} img/s), backend "
           f"{predictor.backend}, {'calibrated' if predictor.temperatures else 'not calibrated'}",
@@ -307,37 +309,57 @@ def _describe(head, top_k: int) -> str:
     if head.multi or top_k == 1:
         return head.describe()
     best = sorted(head.probabilities.items(), key=lambda item: -item[1])[:top_k]
-    return ", ".join(f"{label} ({p:.2%})" for label, p in best)
+    ranked = ", ".join(f"{label} ({p:.2%})" for label, p in best)
+    return f"unknown (out-of-set {head.out_of_set:.2f}); closest: {ranked}" if head.unknown \
+        else ranked
 
 
-def _csv_header(heads, top_k: int) -> list[str]:
+def _label_set(predictor) -> str:
+    """What the model can name, and whether it may say "unknown": said with every answer."""
+    heads = "; ".join(f"{h.name}: {', '.join(h.classes)}" for h in predictor.heads)
+    abstains = sorted(predictor.rules)
+    note = (f"; {', '.join(abstains)} may answer unknown (--no-abstain: never)" if abstains
+            else "; no out-of-set rules: every answer is one of these")
+    return f"the model knows {heads}{note}"
+
+
+def _csv_header(heads, top_k: int, rules=()) -> list[str]:
     """``source``, per head its label and probability columns (with ``--top-k K``, one pair per
-    rank of a single-label head: ``color``, ``color_probability``, ``color_2``, ...), ``error``."""
+    rank of a single-label head: ``color``, ``color_probability``, ``color_2``, ...), and for
+    a head with an out-of-set rule (``rules``) ``color_guess`` and ``color_out_of_set``;
+    ``error``."""
     columns = ["source"]
     for head in heads:
         for rank in range(1 if head.multi else top_k):
             name = head.name if rank == 0 else f"{head.name}_{rank + 1}"
             columns += [name, f"{name}_probability"]
+        if head.name in rules:
+            columns += [f"{head.name}_guess", f"{head.name}_out_of_set"]
     return [*columns, "error"]
 
 
-def _csv_row(result, top_k: int) -> list[str]:
-    """One cell per value: a single-label head's K best labels in K column pairs; a
-    multi-label head's set of labels (and their probabilities) joined with |."""
+def _csv_row(result, top_k: int, rules=()) -> list[str]:
+    """One cell per value: a single-label head's K best labels in K column pairs (the first
+    label ``unknown``, its probability empty, when the head abstains); a multi-label head's
+    set of labels (and their probabilities) joined with |."""
     row = [result.source]
-    for head in result.heads.values():
+    for name, head in result.heads.items():
         if head.multi:
             row += ["|".join(head.label), "|".join(f"{p:.6f}" for p in head.probability)]
             continue
         best = sorted(head.probabilities.items(), key=lambda item: -item[1])[:top_k]
-        for label, p in best + [("", None)] * (top_k - len(best)):
+        for rank, (label, p) in enumerate(best + [("", None)] * (top_k - len(best))):
+            if rank == 0 and head.unknown:
+                label, p = "unknown", None
             row += [label, "" if p is None else f"{p:.6f}"]
+        if name in rules:
+            row += [head.guess, "" if head.out_of_set is None else f"{head.out_of_set:.4f}"]
     return [*row, ""]
 
 
-def _csv_error_row(result, heads, top_k: int) -> list[str]:
+def _csv_error_row(result, heads, top_k: int, rules=()) -> list[str]:
     """An unreadable input's row: its source, empty label cells, and why."""
-    width = len(_csv_header(heads, top_k)) - 2
+    width = len(_csv_header(heads, top_k, rules)) - 2
     return [result.source, *[""] * width, result.error]
 
 
@@ -378,9 +400,26 @@ def cmd_evaluate(args) -> int:
 
     check_output(out, [*dataset_inputs(args.dataset), ("model", args.model)])
     report = evaluate(args.model, args.dataset, output=out, subset=args.subset,
-                      backend=args.backend, allow_outside=args.allow_outside)
+                      backend=args.backend, allow_outside=args.allow_outside,
+                      abstain=not args.no_abstain)
     print(summary_table(report))
     print(f"report: {out / 'report.md'}")
+    return 0
+
+
+def cmd_calibrate(args) -> int:
+    from fashionnet.extras import require_training
+
+    require_training("fashionnet calibrate")
+    from fashionnet.calibration import calibrate
+
+    document = calibrate(args.model, args.dataset, keep=args.keep,
+                         allow_outside=args.allow_outside)
+    for name, rule in document.get("open_set", {}).items():
+        print(f"{name}: unknown over {rule['score']} {rule['threshold']:.4g} "
+              f"(keeps {args.keep:.0%} of the correct validation answers), temperature "
+              f"{document['temperatures'].get(name, 1.0)}")
+    print(f"wrote {Path(args.model) / 'labels.json'}")
     return 0
 
 
@@ -469,7 +508,7 @@ def cmd_serve(args) -> int:
           max_batch_delay_ms=args.max_batch_delay_ms,
           batch_queue=args.batch_queue, model_threads=args.model_threads,
           model_workers=args.model_workers,
-          precision=args.precision,
+          precision=args.precision, abstain=not args.no_abstain,
           backend=args.backend, access_log_enabled=not args.no_access_log)
     return 0
 
@@ -604,6 +643,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --engine ray: an existing Ray cluster (default: Ray on this machine)")
     p.add_argument("--overwrite", action="store_true",
                    help="with --engine ray: replace an existing output folder")
+    p.add_argument("--no-abstain", action="store_true",
+                   help="always name one of the model's labels, never unknown (default: a head "
+                        "with an out-of-set rule answers unknown for what it has no name for)")
     p.set_defaults(func=cmd_classify)
 
     p = sub.add_parser("demo", help="train on a generated dataset (no download) and report")
@@ -624,7 +666,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace an existing report")
     p.add_argument("--backend", choices=["auto", "onnx", "keras"], default="auto",
                    help="auto: model.onnx with onnxruntime when both exist, else Keras")
+    p.add_argument("--no-abstain", action="store_true",
+                   help="score without the out-of-set rules (accuracy figures are the same; "
+                        "the answered share and risk-coverage are left out)")
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("calibrate", help="fit a bundle's out-of-set rules and temperatures "
+                                         "again on its validation split")
+    p.add_argument("--model", type=Path, required=True, help="bundle folder (with model.keras)")
+    p.add_argument("--dataset", type=Path, required=True,
+                   help="the folder or manifest the bundle was trained on")
+    p.add_argument("--keep", type=float, default=0.95,
+                   help="share of the correctly answered validation images that stay answered")
+    p.add_argument("--allow-outside", action="store_true",
+                   help="manifest paths may leave the manifest's folder")
+    p.set_defaults(func=cmd_calibrate)
 
     p = sub.add_parser("study", help="studies; 'compositional' = leave-one-combination-out")
     p.add_argument("kind", choices=["compositional"],
@@ -746,6 +802,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-access-log", action="store_true", help="no line per request")
     p.add_argument("--backend", choices=["auto", "onnx", "keras"], default="auto",
                    help="auto: model.onnx with onnxruntime when both exist, else Keras")
+    p.add_argument("--no-abstain", action="store_true",
+                   help="never answer unknown (\"label\": null): always one of the labels")
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("doctor", help="find what is wrong with a dataset: unreadable files, "

@@ -31,6 +31,7 @@ from fashionnet.metrics import (
     multilabel_report,
     per_class_report,
 )
+from fashionnet.open_set import risk_coverage
 
 
 def report_from_probabilities(heads: Sequence[HeadSpec], records: Sequence[Record],
@@ -122,11 +123,13 @@ def partner_swaps(heads: Sequence[HeadSpec], records: Sequence[Record],
 
 def evaluate(model: str | Path | Bundle, dataset: str | Path, *, output: str | Path | None = None,
              subset: str | None = None, calibrated: bool = True, progress: bool = True,
-             backend: str = "auto", allow_outside: bool = False) -> dict:
+             backend: str = "auto", allow_outside: bool = False, abstain: bool = True) -> dict:
     """Evaluate a bundle on a dataset (folder or manifest); write reports if ``output``.
 
     ``subset`` = ``test`` (or ``val``, ``train``) keeps only the records the bundle's training
-    run put in that split: honest figures on the dataset it was trained from.
+    run put in that split: honest figures on the dataset it was trained from. Accuracy counts
+    every image, answered or not; with ``abstain`` each head with an out-of-set rule also gets
+    ``open_set``: the share answered, the accuracy on those, and the risk-coverage curve.
     """
     from fashionnet.inference import Predictor
 
@@ -135,7 +138,7 @@ def evaluate(model: str | Path | Bundle, dataset: str | Path, *, output: str | P
     records, _ = read_dataset(dataset, [h.name for h in heads], [h.name for h in heads if h.multi],
                               allow_outside=allow_outside)
     if subset:
-        records = _subset(bundle, records, subset, dataset)
+        records = split_subset(bundle, records, subset, dataset)
     for record in records:
         for head in heads:
             label = record.labels.get(head.name)
@@ -149,12 +152,21 @@ def evaluate(model: str | Path | Bundle, dataset: str | Path, *, output: str | P
     records = [records[i] for i in decoded.kept]
     if not records:
         raise FashionNetError(f"{dataset}: no readable images to evaluate")
-    predictor = Predictor(bundle, backend=backend, calibrated=calibrated)
-    raw = predictor.predict_probabilities(decoded.images, calibrated=False)
-    report = report_from_probabilities(heads, records, predictor.calibrate(raw),
-                                       bundle.trained_combinations, uncalibrated=raw)
+    predictor = Predictor(bundle, backend=backend, calibrated=calibrated, abstain=abstain)
+    raw, embeddings = predictor.predict_outputs(decoded.images, calibrated=False)
+    probs = predictor.calibrate(raw)
+    report = report_from_probabilities(heads, records, probs, bundle.trained_combinations,
+                                       uncalibrated=raw)
     for head in heads:
         report["heads"][head.name]["temperature"] = predictor.temperatures.get(head.name, 1.0)
+    verdicts = predictor.out_of_set(probs, embeddings)
+    targets = encode_targets(records, heads)
+    for head, p in zip(heads, probs):
+        if head.name in verdicts:
+            rule = predictor.rules[head.name]
+            report["heads"][head.name]["open_set"] = selective_report(
+                targets[head.output_name], p, rule.scores(p, embeddings.get(head.name)),
+                verdicts[head.name][0], rule.score, rule.threshold)
     report["model"] = str(bundle.path)
     report["dataset"] = str(dataset)
     report["subset"] = subset or "all"
@@ -164,7 +176,21 @@ def evaluate(model: str | Path | Bundle, dataset: str | Path, *, output: str | P
     return report
 
 
-def _subset(bundle: Bundle, records: list[Record], subset: str,
+def selective_report(targets: np.ndarray, probs: np.ndarray, scores: np.ndarray,
+                     unknown: np.ndarray, score: str, threshold: float) -> dict:
+    """What abstaining does to one single-label head on labelled images: the share answered,
+    the accuracy on those and on all, and the risk-coverage curve."""
+    rows = known(targets)
+    correct = targets[rows].argmax(axis=1) == probs[rows].argmax(axis=1)
+    answered = ~np.asarray(unknown)[rows]
+    return {"score": score, "threshold": threshold,
+            "answered": float(answered.mean()) if len(answered) else math.nan,
+            "accuracy_answered": float(correct[answered].mean()) if answered.any() else math.nan,
+            "accuracy_all": float(correct.mean()) if len(correct) else math.nan,
+            "risk_coverage": risk_coverage(np.asarray(scores)[rows], correct)}
+
+
+def split_subset(bundle: Bundle, records: list[Record], subset: str,
             dataset: str | Path) -> list[Record]:
     """The records in the bundle's ``subset`` split, matched by their path relative to the
     dataset root (older bundles: by the path as written at training, or its absolute form)."""
@@ -188,7 +214,7 @@ def _subset(bundle: Bundle, records: list[Record], subset: str,
 
 
 def write_report(report: dict, heads: Sequence[HeadSpec], folder: Path) -> None:
-    from fashionnet.plots import plot_confusion
+    from fashionnet.plots import plot_confusion, plot_risk_coverage
 
     folder.mkdir(parents=True, exist_ok=True)
     write_json(folder / "report.json", report)
@@ -198,6 +224,9 @@ def write_report(report: dict, heads: Sequence[HeadSpec], folder: Path) -> None:
         if matrix is not None:
             plot_confusion(np.array(matrix), head.classes, f"{head.name} (rows: true)",
                            folder / f"confusion_{head.name}.png")
+    curves = {name: h["open_set"] for name, h in report["heads"].items() if "open_set" in h}
+    if curves:
+        plot_risk_coverage(curves, folder / "risk_coverage.png")
 
 
 def percent(value, digits: int = 2) -> str:
@@ -244,6 +273,16 @@ def render_markdown(report: dict) -> str:
                   "with the temperature fitted on the validation split." if fitted else
                   "the same: this model has no fitted temperature (its run had no validation "
                   "split, or calibration was off).")]
+    selective = {n: h["open_set"] for n, h in report["heads"].items() if "open_set" in h}
+    if selective:
+        lines += ["", "Out-of-set answers (a head answers unknown over its threshold; accuracy "
+                  "above counts every image, its best guess taken):", "",
+                  "| head | score | answered | accuracy on answered | accuracy on all |",
+                  "| --- | --- | --- | --- | --- |"]
+        lines += [f"| {n} | {o['score']} | {percent(o['answered'], 1)} | "
+                  f"{percent(o['accuracy_answered'])} | {percent(o['accuracy_all'])} |"
+                  for n, o in selective.items()]
+        lines += ["", "![risk-coverage](risk_coverage.png)"]
     lines += ["", f"**Exact match** (all heads right): {percent(report['exact_match'])}"]
     if report.get("partner_swaps", {}).get("unseen_rows"):
         lo, hi = report["unseen_exact_match_ci95"]

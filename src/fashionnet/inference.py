@@ -5,6 +5,9 @@
     result.heads["category"].label, result.heads["category"].probability
 
 Preprocessing is the bundle's own (`decode_image` with its size), exactly as in training.
+A single-label head with an out-of-set rule (`fashionnet.open_set`) answers ``unknown`` when
+the image is too far from what it was trained on, its best guess kept as ``guess``;
+``abstain=False`` turns that off.
 Runs the exported ONNX model when the bundle has one and onnxruntime is installed (no
 TensorFlow import), else the Keras model.
 """
@@ -25,6 +28,7 @@ from fashionnet.data.sources import IMAGE_SUFFIXES, image_files
 from fashionnet.errors import FashionNetError
 from fashionnet.heads import HeadSpec
 from fashionnet.metrics import apply_temperature
+from fashionnet.open_set import OpenSetRule, embedding_name
 from fashionnet.runtime.runners import KerasRunner, OnnxRunner, Runner, cores, onnx_available
 
 BACKENDS = ("auto", "onnx", "keras")
@@ -38,17 +42,37 @@ __all__ = ["BACKENDS", "IMAGE_SUFFIXES", "Prediction", "Predictor", "expand_inpu
 
 @dataclasses.dataclass
 class HeadPrediction:
-    """One head's answer: the label (or set of labels for a multi-label head)."""
+    """One head's answer: the label (or set of labels for a multi-label head).
 
-    label: str | list[str]
+    ``unknown``: the head abstains. A single-label head's ``label`` is then None (its best
+    guess stays in ``guess``, with its probability); a multi-label head's is ``[]``, none of its
+    labels being over the threshold. ``out_of_set``: the share of the correctly answered
+    validation images that looked more familiar (None for a head without a rule).
+    """
+
+    label: str | list[str] | None
     probability: float | list[float]
     probabilities: dict[str, float]
     multi: bool = False
+    unknown: bool = False
+    out_of_set: float | None = None
+
+    @property
+    def guess(self) -> str:
+        """The most probable class, whether or not the head answered it."""
+        return max(self.probabilities, key=self.probabilities.__getitem__)
 
     def describe(self) -> str:
+        known = ", ".join(self.probabilities)
         if self.multi:
+            if self.unknown:
+                return (f"none of {known} (highest: {self.guess} "
+                        f"{self.probabilities[self.guess]:.2%})")
             items = ", ".join(f"{lab} ({p:.2%})" for lab, p in zip(self.label, self.probability))
             return f"[{items}]"
+        if self.unknown:
+            return (f"unknown: not one of {known} (closest: {self.guess} "
+                    f"{self.probability:.2%}, out-of-set {self.out_of_set:.2f})")
         return f"{self.label} ({self.probability:.2%})"
 
     def to_dict(self) -> dict:
@@ -56,7 +80,8 @@ class HeadPrediction:
         # tenth of the server's per-request CPU
         return {"label": list(self.label) if self.multi else self.label,
                 "probability": list(self.probability) if self.multi else self.probability,
-                "probabilities": dict(self.probabilities), "multi": self.multi}
+                "probabilities": dict(self.probabilities), "multi": self.multi,
+                "unknown": self.unknown, "guess": self.guess, "out_of_set": self.out_of_set}
 
 
 @dataclasses.dataclass
@@ -72,22 +97,29 @@ class Prediction:
                 "heads": {name: h.to_dict() for name, h in self.heads.items()}}
 
 
-def head_prediction(head: HeadSpec, probs: np.ndarray) -> HeadPrediction:
+def head_prediction(head: HeadSpec, probs: np.ndarray, unknown: bool = False,
+                    out_of_set: float | None = None) -> HeadPrediction:
+    """``unknown``, ``out_of_set``: the verdict of the head's out-of-set rule, if it has one."""
     table = {c: round(float(p), 6) for c, p in zip(head.classes, probs)}
     if head.multi:
         chosen = [i for i in np.argsort(-probs) if probs[i] >= head.threshold]
         return HeadPrediction([head.classes[i] for i in chosen],
-                              [round(float(probs[i]), 6) for i in chosen], table, multi=True)
+                              [round(float(probs[i]), 6) for i in chosen], table, multi=True,
+                              unknown=not chosen)
     top = int(np.argmax(probs))
-    return HeadPrediction(head.classes[top], round(float(probs[top]), 6), table)
+    share = None if out_of_set is None else round(float(out_of_set), 4)
+    return HeadPrediction(None if unknown else head.classes[top], round(float(probs[top]), 6),
+                          table, unknown=unknown, out_of_set=share)
 
 
 class Predictor:
-    """A loaded bundle, ready to classify. ``backend``: auto (ONNX if possible), onnx, keras."""
+    """A loaded bundle, ready to classify. ``backend``: auto (ONNX if possible), onnx, keras;
+    ``abstain``: apply the bundle's out-of-set rules (answer ``unknown``)."""
 
     def __init__(self, bundle: Bundle, backend: str = "auto", calibrated: bool = True,
                  batch_size: int = 64, max_pixels: int = DEFAULT_MAX_PIXELS,
-                 threads: int | None = None, precision: str = "auto", spin: bool = False):
+                 threads: int | None = None, precision: str = "auto", spin: bool = False,
+                 abstain: bool = True):
         if backend not in BACKENDS:
             raise FashionNetError(f"backend must be one of {BACKENDS}, not {backend!r}")
         if precision not in PRECISIONS:
@@ -101,7 +133,10 @@ class Predictor:
         self.batch_size = batch_size
         self.max_pixels = max_pixels
         self.temperatures = bundle.temperatures if calibrated else {}
-        outputs = [h.output_name for h in self.heads]
+        self.rules: dict[str, OpenSetRule] = dict(bundle.open_set) if abstain else {}
+        #: heads whose rule reads their features: the model is asked for those too
+        self.embedded = [name for name, rule in self.rules.items() if rule.score == "embedding"]
+        outputs = [h.output_name for h in self.heads] + [embedding_name(n) for n in self.embedded]
         onnx_path = bundle.path / INT8_FILE if self.precision == "int8" else bundle.onnx_path
         if self.precision == "int8" and backend == "keras":
             raise FashionNetError("--int8 runs the quantized ONNX model: use --backend onnx "
@@ -115,7 +150,8 @@ class Predictor:
                                       f"{bundle.path}{flag}` first")
             # threads: a process that shares its machine (a Ray actor per core) caps ONNX
             # Runtime's pool, which otherwise takes every core; spin: see session_options.
-            self.runner: Runner = OnnxRunner(onnx_path, outputs, threads=threads, spin=spin)
+            self.runner: Runner = OnnxRunner(onnx_path, outputs, threads=threads, spin=spin,
+                                             hint=self._no_embedding_hint(onnx_path))
         else:
             if not _present(bundle.keras_path):
                 raise FashionNetError(f"{bundle.keras_path}: missing from the bundle")
@@ -124,6 +160,13 @@ class Predictor:
             except ImportError as exc:
                 raise FashionNetError(_no_keras(bundle, backend, exc)) from None
         self._check_model(onnx_path if use_onnx else bundle.keras_path)
+
+    def _no_embedding_hint(self, path: Path) -> str:
+        if not self.embedded:
+            return ""
+        return (f"; {self.bundle.path / 'labels.json'} has out-of-set rules that read them: "
+                f"export again (`fashionnet export {self.bundle.path} --overwrite`), or pass "
+                f"--no-abstain")
 
     def _check_model(self, model_path: Path) -> None:
         """The model must match labels.json: input size, and one output unit per class."""
@@ -203,7 +246,13 @@ class Predictor:
 
         ``calibrated`` applies the bundle's temperatures (if the predictor was made with them).
         """
-        chunks: list[list[np.ndarray]] = [[] for _ in self.heads]
+        return self.predict_outputs(images, calibrated)[0]
+
+    def predict_outputs(self, images: np.ndarray, calibrated: bool = True
+                        ) -> tuple[list[np.ndarray], dict[str, np.ndarray]]:
+        """Probabilities per head, and the features of each head whose rule reads them."""
+        width = len(self.heads) + len(self.embedded)
+        chunks: list[list[np.ndarray]] = [[] for _ in range(width)]
         scale = np.float32(self.bundle.preprocessing.scale)
         for start in range(0, len(images), self.batch_size):
             batch = images[start:start + self.batch_size].astype(np.float32) * scale
@@ -211,7 +260,20 @@ class Predictor:
                 chunk.append(np.asarray(out, dtype=np.float32))
         probs = [np.concatenate(c) if c else np.zeros((0, len(h.classes)), np.float32)
                  for c, h in zip(chunks, self.heads)]
-        return self.calibrate(probs) if calibrated else probs
+        embeddings = {name: np.concatenate(c) if c else np.zeros((0, 1), np.float32)
+                      for name, c in zip(self.embedded, chunks[len(self.heads):])}
+        return (self.calibrate(probs) if calibrated else probs), embeddings
+
+    def out_of_set(self, probs: list[np.ndarray], embeddings: dict[str, np.ndarray]
+                   ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """Per head with a rule: (unknown, out_of_set share) for each image."""
+        verdicts = {}
+        for head, p in zip(self.heads, probs):
+            rule = self.rules.get(head.name)
+            if rule is not None and len(p):
+                scores = rule.scores(p, embeddings.get(head.name))
+                verdicts[head.name] = (scores > rule.threshold, rule.share(scores))
+        return verdicts
 
     def calibrate(self, probs: list[np.ndarray]) -> list[np.ndarray]:
         """Apply each head's temperature (fitted on validation) to raw probabilities."""
@@ -220,16 +282,23 @@ class Predictor:
 
     def predict_arrays(self, images: np.ndarray, sources: Sequence[str] | None = None
                        ) -> list[Prediction]:
-        probs = self.predict_probabilities(images)
+        probs, embeddings = self.predict_outputs(images)
         sources = sources or [f"image {i}" for i in range(len(images))]
         for head, p in zip(self.heads, probs):
             if p.shape != (len(images), len(head.classes)):
                 raise FashionNetError(f"{self.bundle.path}: head {head.name!r} answered shape "
                                       f"{p.shape}, expected {(len(images), len(head.classes))}")
         finite = np.ones(len(images), bool)
-        for p in probs:
+        for p in [*probs, *embeddings.values()]:
             finite &= np.isfinite(p).all(axis=1)
-        return [Prediction(src, {h.name: head_prediction(h, p[i])
+        verdicts = self.out_of_set(probs, embeddings)
+        none = (np.zeros(len(images), bool), [None] * len(images))
+
+        def answer(head: HeadSpec, p: np.ndarray, i: int) -> HeadPrediction:
+            unknown, share = verdicts.get(head.name, none)
+            return head_prediction(head, p[i], bool(unknown[i]), share[i])
+
+        return [Prediction(src, {h.name: answer(h, p, i)
                                  for h, p in zip(self.heads, probs)}) if finite[i]
                 else Prediction(src, error=f"{src}: the model answered NaN or infinity; "
                                            "no prediction")
@@ -315,12 +384,14 @@ def _chunks(items: list, size: int, progress: bool) -> Iterator[list]:
 
 
 def load(path: str | Path, backend: str = "auto", calibrated: bool = True,
-         threads: int | None = None, precision: str = "auto", spin: bool = False) -> Predictor:
+         threads: int | None = None, precision: str = "auto", spin: bool = False,
+         abstain: bool = True) -> Predictor:
     """Load a bundle folder into a `Predictor` (``threads``: ONNX Runtime's, default all cores;
     ``precision``: fp32 model.onnx or int8 model.int8.onnx; ``spin``: see
-    `fashionnet.runtime.runners.session_options`)."""
+    `fashionnet.runtime.runners.session_options`; ``abstain``: answer ``unknown`` by the
+    bundle's out-of-set rules)."""
     predictor = Predictor(load_bundle(path), backend=backend, calibrated=calibrated,
-                          threads=threads, precision=precision, spin=spin)
+                          threads=threads, precision=precision, spin=spin, abstain=abstain)
     predictor.check_head_kinds()
     return predictor
 

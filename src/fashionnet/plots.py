@@ -88,3 +88,26 @@ def plot_confusion(matrix: np.ndarray, classes: Sequence[str], title: str,
     fig.savefig(path, dpi=90, format="png")
     plt.close(fig)
     return Path(path) if isinstance(path, (str, Path)) else path
+
+
+def plot_risk_coverage(curves: dict[str, dict], path: str | Path) -> Path:
+    """Per head, the error rate on what is answered against the share answered, answering the
+    most familiar images first; a dot marks where the head's threshold sits."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    for name, entry in curves.items():
+        curve = entry["risk_coverage"]
+        line, = ax.plot(curve["coverage"], [100 * r for r in curve["risk"]], label=name)
+        ax.plot([entry["answered"]], [100 * (1 - entry["accuracy_answered"])], "o",
+                color=line.get_color())
+    ax.set_xlabel("share of images answered (coverage)")
+    ax.set_ylabel("errors among answered (%)")
+    ax.set_title("risk-coverage (dot: the bundle's threshold)")
+    ax.set_xlim(0, 1.0)
+    ax.set_ylim(bottom=0)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=90, format="png")
+    plt.close(fig)
+    return Path(path) if isinstance(path, (str, Path)) else path

@@ -47,6 +47,7 @@ from fashionnet.metrics import (
     expected_calibration_error,
     fit_temperature,
 )
+from fashionnet.model.embeddings import embedding_width, with_embeddings
 from fashionnet.model.fashionnet import (
     build_model,
     category_head_for_map,
@@ -55,12 +56,13 @@ from fashionnet.model.fashionnet import (
 )
 from fashionnet.model.layers import HeadAccuracy, HeadLoss
 from fashionnet.model_card import CARD_FILE, render_model_card
+from fashionnet.open_set import MAX_EMBEDDING, default_score, fit_rules
 from fashionnet.outputs import check_destination, dataset_inputs
 from fashionnet.plots import plot_history
 from fashionnet.tracking import mlflow_tracker, tensorboard_callback, write_confusion_images
 
 if TYPE_CHECKING:
-    from fashionnet.backbone_training import BackboneData
+    from fashionnet.backbone_training import BackboneData, FrozenBackbone
 
 log = logging.getLogger("fashionnet")
 
@@ -241,6 +243,22 @@ def evaluate_split(model, heads: Sequence[HeadSpec], images: np.ndarray,
     out["exact_match"] = exact_match([targets[h.output_name] for h in heads], probs,
                                      [h.multi for h in heads], [h.threshold for h in heads])
     out["_probs"] = probs
+    return out
+
+
+def head_features(model, heads: Sequence[HeadSpec], names: Sequence[str],
+                  frozen: FrozenBackbone | None, images: dict[str, np.ndarray]
+                  ) -> dict[str, dict[str, np.ndarray]]:
+    """The features of the named heads on the training and validation images, for their
+    out-of-set rules: ``{split: {head: (n, d)}}``."""
+    if not names:
+        return {}
+    extended = with_embeddings(model, names)
+    out = {}
+    for split in ("train", "val"):
+        outputs = (frozen.predict(extended, split) if frozen is not None
+                   else predict_probabilities(extended, images[split]))
+        out[split] = dict(zip(names, outputs[len(heads):]))
     return out
 
 
@@ -529,6 +547,16 @@ def train(config: TrainConfig, output: str | Path, *, overwrite: bool = False,
     if config.calibrate and val_result:
         temperatures = {h.name: round(fit_temperature(targets["val"][h.output_name], p, h.multi), 4)
                         for h, p in zip(heads, val_result["_probs"])}
+    open_set = {}
+    if val_result:
+        val_probs = [apply_temperature(p, temperatures.get(h.name, 1.0), h.multi)
+                     for h, p in zip(heads, val_result["_probs"])]
+        embedded = [h.name for h in heads if default_score(h) == "embedding"
+                    and 0 < (embedding_width(model, h.name) or 0) <= MAX_EMBEDDING]
+        features = head_features(trained if frozen is not None else model, heads, embedded,
+                                 frozen, images)
+        open_set = fit_rules(heads, val_probs, [targets["val"][h.output_name] for h in heads],
+                             features, [targets["train"][h.output_name] for h in heads])
     test_result = evaluate_split(model, heads, images["test"], targets["test"])
     train_result = (evaluate_split(model, heads, images["train"], targets["train"])
                     if frozen is None else frozen.evaluate(trained, heads, "train",
@@ -567,7 +595,8 @@ def train(config: TrainConfig, output: str | Path, *, overwrite: bool = False,
     }
     size = config.input_size if frozen is None else frozen.input_size
     bundle = Bundle(output, heads, Preprocessing(size=size), trained_combos,
-                    temperatures, metrics, version=time.strftime("%Y%m%dT%H%M%S"))
+                    temperatures, metrics, version=time.strftime("%Y%m%dT%H%M%S"),
+                    open_set=open_set)
     if test_result["count"]:
         matrices = {}
         for h, p in zip(heads, test_result["_probs"]):

@@ -1,7 +1,8 @@
 """Export a bundle's Keras model to ONNX (for the light runtime) or a TensorFlow SavedModel.
 
 The ONNX graph's outputs are renamed after the heads (``<head>_output``, in the bundle's
-order) and ``labels.json`` is embedded as metadata, so the file alone says what it predicts.
+order), then the features the out-of-set rules read (``<head>_embedding``); ``labels.json`` is
+embedded as metadata, so the file alone says what it predicts.
 Every export is checked against Keras on random inputs before it is written into the bundle.
 """
 
@@ -17,6 +18,7 @@ import numpy as np
 
 from fashionnet.bundle import ONNX_FILE, load_bundle, update_bundle_file
 from fashionnet.errors import FashionNetError
+from fashionnet.open_set import embedding_name
 
 FORMATS = ("onnx", "savedmodel")
 PARITY_TOLERANCE = 1e-4
@@ -43,19 +45,22 @@ def export(bundle_dir: str | Path, formats: Sequence[str] | None = None,
                               f"replace it")
     from fashionnet.runtime.runners import KerasRunner
 
-    runner = KerasRunner(bundle.keras_path, [h.output_name for h in bundle.heads])
+    names = [h.output_name for h in bundle.heads] + [
+        embedding_name(name) for name, rule in bundle.open_set.items()
+        if rule.score == "embedding"]
+    runner = KerasRunner(bundle.keras_path, names)
     size = bundle.preprocessing.size
     probe = np.random.default_rng(0).random((8, size, size, 3), dtype=np.float32)
     expected = runner(probe)  # also the one call Keras needs before it can export
     written = []
     if "onnx" in formats:
-        written.append(_export_onnx(bundle, runner.model, probe, expected))
+        written.append(_export_onnx(bundle, runner.model, probe, dict(zip(names, expected))))
     if "savedmodel" in formats:
         written.append(_export_savedmodel(bundle, runner.model))
     return written
 
 
-def _export_onnx(bundle, model, probe: np.ndarray, expected: list[np.ndarray]) -> Path:
+def _export_onnx(bundle, model, probe: np.ndarray, expected: dict[str, np.ndarray]) -> Path:
     try:
         import onnx
         import onnxruntime as ort
@@ -71,18 +76,19 @@ def _export_onnx(bundle, model, probe: np.ndarray, expected: list[np.ndarray]) -
     session = ort.InferenceSession(graph.SerializeToString(), providers=["CPUExecutionProvider"])
     got = session.run(None, {session.get_inputs()[0].name: probe})
     names = [o.name for o in graph.graph.output]
-    # Map each ONNX output to the head whose Keras output it reproduces.
+    # Map each ONNX output to the Keras output it reproduces.
     renames = {}
-    for head, want in zip(bundle.heads, expected):
+    for output, want in expected.items():
         errors = [np.abs(g - want).max() if g.shape == want.shape else np.inf for g in got]
         best = int(np.argmin(errors))
-        if errors[best] > PARITY_TOLERANCE or names[best] in renames:
-            raise FashionNetError(f"{bundle.path}: ONNX output for {head.name!r} differs from "
+        if errors[best] > PARITY_TOLERANCE * max(1.0, float(np.abs(want).max())) \
+                or names[best] in renames:
+            raise FashionNetError(f"{bundle.path}: ONNX output {output!r} differs from "
                                   f"Keras by {errors[best]:.2g}; export aborted")
-        renames[names[best]] = head.output_name
-        LAST_PARITY[head.name] = float(errors[best])
+        renames[names[best]] = output
+        LAST_PARITY[output.removesuffix("_output")] = float(errors[best])
     _rename_outputs(graph, renames)
-    order = [h.output_name for h in bundle.heads]
+    order = list(expected)
     graph.graph.output.sort(key=lambda o: order.index(o.name))
     graph.graph.input[0].name = _rename_value(graph, graph.graph.input[0].name, "image")
     del graph.metadata_props[:]

@@ -13,6 +13,7 @@ import numpy as np
 
 from fashionnet.errors import FashionNetError
 from fashionnet.files import check_regular_file
+from fashionnet.open_set import EMBEDDING_SUFFIX as EMBEDDING
 
 
 class Runner(Protocol):
@@ -56,6 +57,13 @@ class KerasRunner:
                                   f"({type(exc).__name__}: {_one_line(exc)})") from None
         try:
             names = list(self.model.output_names)
+            wanted = [n for n in output_names if n not in names and n.endswith(EMBEDDING)]
+            if wanted:  # a head's features: the input of its logits layer, as an output
+                from fashionnet.model.embeddings import with_embeddings
+
+                self.model = with_embeddings(self.model,
+                                             [n[:-len(EMBEDDING)] for n in wanted])
+                names = list(self.model.output_names)
             missing = [n for n in output_names if n not in names]
             if missing:
                 raise FashionNetError(f"{path}: outputs {missing} missing (has {names})")
@@ -84,7 +92,8 @@ class OnnxRunner:
     name = "onnx"
 
     def __init__(self, path: Path, output_names: Sequence[str], threads: int | None = None,
-                 spin: bool = False):
+                 spin: bool = False, hint: str = ""):
+        """``hint``: said after "outputs [...] missing" when a head's features are missing."""
         import onnxruntime as ort
 
         check_regular_file(path, "ONNX model file")
@@ -97,7 +106,9 @@ class OnnxRunner:
         available = {o.name: o for o in self.session.get_outputs()}
         missing = [n for n in output_names if n not in available]
         if missing:
-            raise FashionNetError(f"{path}: outputs {missing} missing (has {list(available)})")
+            why = hint if any(n.endswith(EMBEDDING) for n in missing) else ""
+            raise FashionNetError(f"{path}: outputs {missing} missing (has {list(available)})"
+                                  f"{why}")
         self.outputs = list(output_names)
         inputs = self.session.get_inputs()
         if len(inputs) != 1:

@@ -160,8 +160,9 @@ def create_app(model: str | Path | Predictor, *, max_bytes: int = 10_000_000,
                max_pixels: int = SERVER_MAX_PIXELS, max_batch: int = 32,
                backend: str = "auto", access_log_enabled: bool = True,
                limits: ServerLimits | None = None, precision: str = "auto",
-               **limit_options) -> FastAPI:
-    """The app. Limits come from ``limits`` or keyword options (see `ServerLimits`).
+               abstain: bool = True, **limit_options) -> FastAPI:
+    """The app. Limits come from ``limits`` or keyword options (see `ServerLimits`);
+    ``abstain``: heads with an out-of-set rule may answer unknown (``"label": null``).
 
     Loading checks the bundle against its model and runs one real prediction; a model that
     cannot answer refuses to start (FashionNetError) instead of answering 500 forever.
@@ -175,7 +176,7 @@ def create_app(model: str | Path | Predictor, *, max_bytes: int = 10_000_000,
         # Runtime's threads sleep between calls instead of spinning (the default), so the
         # decode threads and the event loop get the CPU.
         predictor = load(model, backend=backend, precision=precision,
-                         threads=limits.model_threads)
+                         threads=limits.model_threads, abstain=abstain)
     predictor.max_pixels = limits.max_pixels
     predictor.batch_size = max(predictor.batch_size, limits.model_batch)
     predictor.self_test()
@@ -355,7 +356,11 @@ def create_app(model: str | Path | Predictor, *, max_bytes: int = 10_000_000,
                 "precision": predictor.precision,
                 "input_size": bundle.preprocessing.size,
                 "heads": [{"name": h.name, "kind": h.kind, "classes": h.classes,
-                           "threshold": h.threshold if h.multi else None}
+                           "threshold": h.threshold if h.multi else None,
+                           # may this head answer unknown (null, or [] when multi-label)?
+                           "abstains": h.multi or h.name in predictor.rules,
+                           "out_of_set_score": (predictor.rules[h.name].score
+                                                if h.name in predictor.rules else None)}
                           for h in bundle.heads],
                 "trained_combinations": bundle.trained_combinations,
                 "metrics": {k: bundle.metrics.get(k) for k in ("test", "split")

@@ -1,0 +1,83 @@
+"""Fit a bundle's out-of-set rules and temperatures again, on its own validation split.
+
+    fashionnet calibrate --model runs/mine --dataset data/ [--keep 0.95]
+
+Training fits both (`fashionnet.open_set`, temperature scaling); this refits them without
+retraining: for a bundle made before out-of-set rules existed, or to choose another share of
+correct answers to keep (``keep``). The rules' class statistics come from the bundle's
+training split, the thresholds and temperatures from its validation split (split.json). Needs
+the Keras model (model.keras); an ONNX export in the bundle is made again, so that it carries
+the head features the rules read.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from fashionnet.bundle import LABELS_FILE, load_bundle, update_bundle_file, write_json
+from fashionnet.data.images import decode_many
+from fashionnet.data.sources import read_dataset
+from fashionnet.errors import FashionNetError
+from fashionnet.evaluation import split_subset
+from fashionnet.heads import encode_targets
+from fashionnet.metrics import apply_temperature, fit_temperature
+from fashionnet.open_set import KEEP, MAX_EMBEDDING, default_score, fit_rules
+
+
+def calibrate(model: str | Path, dataset: str | Path, *, keep: float = KEEP,
+              allow_outside: bool = False, progress: bool = True) -> dict:
+    """Refit and write the rules and temperatures; returns the new labels.json document."""
+    import keras
+
+    from fashionnet.model.embeddings import embedding_width, with_embeddings
+    from fashionnet.runtime.runners import KerasRunner
+
+    if not 0.5 <= keep < 1.0:
+        raise FashionNetError(f"--keep must be from 0.5 to below 1, not {keep}")
+    bundle = load_bundle(model)
+    heads = bundle.heads
+    if not bundle.keras_path.is_file():
+        raise FashionNetError(f"{bundle.keras_path}: missing; calibrating needs the Keras model")
+    records, _ = read_dataset(dataset, [h.name for h in heads],
+                              [h.name for h in heads if h.multi], allow_outside=allow_outside)
+    runner = KerasRunner(bundle.keras_path, [h.output_name for h in heads])
+    embedded = [h.name for h in heads if default_score(h) == "embedding"
+                and 0 < (embedding_width(runner.model, h.name) or 0) <= MAX_EMBEDDING]
+    network = with_embeddings(runner.model, embedded)  # heads in bundle order, then features
+    order = runner.order + list(range(len(heads), len(heads) + len(embedded)))
+
+    def run(batch: np.ndarray) -> list[np.ndarray]:
+        out = network(batch, training=False)
+        return [keras.ops.convert_to_numpy(out[i]) for i in order]
+    got = {}
+    for split in ("train", "val"):
+        chosen = split_subset(bundle, records, split, dataset)
+        decoded = decode_many([r.path for r in chosen], bundle.preprocessing.size,
+                              progress=progress)
+        chosen = [chosen[i] for i in decoded.kept]
+        if not chosen:
+            raise FashionNetError(f"{dataset}: no readable image in the bundle's {split} split")
+        scale = np.float32(bundle.preprocessing.scale)
+        parts = [run(decoded.images[i:i + 32].astype(np.float32) * scale)
+                 for i in range(0, len(decoded.images), 32)]
+        out = [np.concatenate([p[k] for p in parts]) for k in range(len(parts[0]))]
+        targets = encode_targets(chosen, heads)
+        got[split] = (out, [targets[h.output_name] for h in heads])
+    (val_out, val_targets), train_targets = got["val"], got["train"][1]
+    temperatures = {h.name: round(fit_temperature(t, p, h.multi), 4)
+                    for h, p, t in zip(heads, val_out, val_targets)}
+    val_probs = [apply_temperature(p, temperatures[h.name], h.multi)
+                 for h, p in zip(heads, val_out)]
+    features = {split: dict(zip(embedded, got[split][0][len(heads):]))
+                for split in ("train", "val")} if embedded else {}
+    bundle.temperatures = temperatures
+    bundle.open_set = fit_rules(heads, val_probs, val_targets, features, train_targets, keep)
+    document = bundle.labels_document()
+    update_bundle_file(bundle.path, LABELS_FILE, lambda p: write_json(p, document))
+    if bundle.onnx_path.is_file():
+        from fashionnet.runtime.export import export
+
+        export(bundle.path, ["onnx"], overwrite=True)
+    return document
