@@ -238,3 +238,57 @@ def test_server_answers_null_with_the_guess(two_colour_bundle, two_colour_datase
         answers.append(reply.json()["heads"]["color"])
     assert sum(a["label"] is None and a["unknown"] for a in answers) >= 2
     assert all(a["guess"] in {"black", "red"} for a in answers)
+
+
+# -- hostile labels.json rules: one line naming the field, never a trace --------------------
+
+@pytest.fixture
+def rules_copy(two_colour_bundle, tmp_path):
+    path = tmp_path / "run"
+    shutil.copytree(two_colour_bundle.bundle.path, path)
+    return path
+
+
+def _edit(path, change):
+    doc = json.loads((path / "labels.json").read_text())
+    (path / "labels.json").write_text(json.dumps(change(doc)))
+
+
+@pytest.mark.parametrize("change,field", [
+    (lambda d: {**d, "open_set": []}, "open_set"),
+    (lambda d: {**d, "open_set": {"size": d["open_set"]["color"]}}, "open_set.size"),
+    (lambda d: {**d, "open_set": {"color": "loud"}}, "open_set.color"),
+    (lambda d: {**d, "open_set": {"color": {**d["open_set"]["color"], "threshold": None}}},
+     "open_set.color.threshold"),
+    (lambda d: {**d, "open_set": {"color": {**d["open_set"]["color"],
+                                            "means": [[0.0]] * 2}}}, "open_set.color"),
+    (lambda d: {**d, "open_set": {"color": {**d["open_set"]["color"],
+                                            "precision": [["x"]]}}}, "open_set.color.precision"),
+    (lambda d: {**d, "open_set": {"color": {**d["open_set"]["color"],
+                                            "quantiles": [0.0] * 7}}}, "open_set.color.quantiles"),
+    (lambda d: {**d, "open_set": {"color": {**d["open_set"]["color"],
+                                            "means": [[1e3] * 300] * 2}}}, "at most 256"),
+])
+def test_malformed_rules_are_one_line(rules_copy, change, field, capsys, two_colour_dataset):
+    from fashionnet.cli import main
+
+    _edit(rules_copy, change)
+    with pytest.raises(FashionNetError, match="labels.json") as info:
+        load_bundle(rules_copy)
+    assert field in str(info.value) and "\n" not in str(info.value)
+    photo = _paths(two_colour_dataset["known"])[0]
+    code = main(["classify", "--model", str(rules_copy), str(photo)])
+    err = capsys.readouterr().err
+    assert code == 2 and field in err and "Traceback" not in err
+
+
+def test_rule_wider_than_the_model_features_is_refused_at_load(rules_copy):
+    from fashionnet.inference import load
+
+    rule = load_bundle(rules_copy).open_set["color"]
+    dims = len(rule.means[0]) + 2
+    _edit(rules_copy, lambda d: {**d, "open_set": {**d["open_set"], "color": {
+        **d["open_set"]["color"], "means": [[0.1] * dims] * 2,
+        "precision": np.eye(dims).tolist()}}})
+    with pytest.raises(FashionNetError, match=f"color_embedding.*has {dims - 2} units.*{dims}"):
+        load(rules_copy, backend="keras")

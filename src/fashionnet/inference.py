@@ -184,6 +184,12 @@ class Predictor:
                 raise FashionNetError(
                     f"{model_path}: output {head.output_name!r} has {width} units but {labels} "
                     f"field 'heads[{i}].classes' lists {len(head.classes)} classes")
+        for name, width in zip(self.embedded, widths[len(self.heads):]):
+            dims = len(self.rules[name].means[0])
+            if width is not None and width != dims:
+                raise FashionNetError(
+                    f"{model_path}: output {embedding_name(name)!r} has {width} units but {labels} "
+                    f"field open_set.{name}.means has {dims}")
 
     def self_test(self) -> None:
         """One real prediction on a blank image; raises FashionNetError if anything is off.
@@ -194,7 +200,8 @@ class Predictor:
         size = self.bundle.preprocessing.size
         blank = np.full((1, size, size, 3), 255, np.uint8)
         try:
-            probs = self.predict_probabilities(blank)
+            probs, embeddings = self.predict_outputs(blank)
+            self.out_of_set(probs, embeddings)
         except FashionNetError:
             raise
         except Exception as exc:

@@ -118,6 +118,9 @@ class OpenSetRule:
             return 1.0 - np.asarray(probs, np.float64).max(axis=1)
         if embeddings is None:
             raise FashionNetError("the embedding out-of-set score needs the head's features")
+        if embeddings.ndim != 2 or embeddings.shape[1] != self._means.shape[1]:
+            raise FashionNetError(f"the model's head features are {embeddings.shape[1:]} wide "
+                                  f"but the out-of-set rule's means {self._means.shape[1]}")
         return mahalanobis(unit_length(embeddings), self._means, self._precision)
 
     def share(self, scores: np.ndarray) -> np.ndarray:
