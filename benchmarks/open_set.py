@@ -15,7 +15,7 @@ Two parts:
    `fashionnet calibrate`), run by `fashionnet.inference.Predictor` on its ONNX model: AUROC,
    the share of out-of-set photos answered unknown, in-set coverage and accuracy.
 2. **Candidates** (needs model.keras): each score of the issue fitted the same way (class
-   statistics on the training split, threshold keeping 95 % of the correct validation answers)
+   statistics on the training split, threshold keeping `KEEP` of the correct validation answers)
    and scored alike: max softmax probability (msp), energy (minus log-sum-exp of the logits),
    and the Mahalanobis distance of the head's own features (unit length, shared covariance).
 
@@ -128,7 +128,7 @@ def candidates(model: Path, sets, images) -> dict:
     import fashionnet.model.layers  # noqa: F401
     from fashionnet.bundle import load_bundle
     from fashionnet.metrics import apply_temperature
-    from fashionnet.open_set import auroc, fit_embedding, mahalanobis, unit_length
+    from fashionnet.open_set import KEEP, auroc, fit_embedding, mahalanobis, unit_length
 
     bundle = load_bundle(model)
     net = keras.saving.load_model(model / "model.keras", compile=False, safe_mode=True)
@@ -170,7 +170,7 @@ def candidates(model: Path, sets, images) -> dict:
         val_right = probs("val").argmax(1) == sets["val"][1][head.name]
         test_right = probs("test").argmax(1) == sets["test"][1][head.name]
         for score, f in scores.items():
-            threshold = np.quantile(f("val")[val_right], 0.95)
+            threshold = np.quantile(f("val")[val_right], KEEP)
             answered = f("test") <= threshold
             rows[score] = {
                 "auroc": auroc(f("test"), f(ood)),
@@ -197,6 +197,7 @@ def main() -> int:
     args = parser.parse_args()
     from fashionnet.bundle import load_bundle
     from fashionnet.default_model import default_model_path
+    from fashionnet.open_set import KEEP
 
     model = Path(args.model or default_model_path())
     bundle = load_bundle(model)
@@ -216,7 +217,7 @@ def main() -> int:
              f"photos ({n['ood_colour']}); category out-of-set = apparel's shorts "
              f"({n['ood_category']}); control = apparel's black, blue and red pants "
              f"({n['control_known_colours']}: colours the model knows, another source). "
-             f"Thresholds keep 95 % of the correct validation answers.", "",
+             f"Thresholds keep {KEEP:.0%} of the correct validation answers.", "",
              "## As shipped (the bundle's rules, " + report["shipped"]["backend"] + ")", "",
              "| head | score | AUROC | out-of-set answered unknown | in-set answered | "
              "in-set accuracy answered / all | control answered |",

@@ -1,6 +1,6 @@
 """Fit a bundle's out-of-set rules and temperatures again, on its own validation split.
 
-    fashionnet calibrate --model runs/mine --dataset data/ [--keep 0.95]
+    fashionnet calibrate --model runs/mine --dataset data/ [--keep 0.96]
 
 Training fits both (`fashionnet.open_set`, temperature scaling); this refits them without
 retraining: for a bundle made before out-of-set rules existed, or to choose another share of
@@ -34,7 +34,7 @@ def calibrate(model: str | Path, dataset: str | Path, *, keep: float = KEEP,
     from fashionnet.model.embeddings import embedding_width, with_embeddings
     from fashionnet.runtime.runners import KerasRunner
 
-    if not 0.5 <= keep < 1.0:
+    if not 0.5 <= keep < 1.0:  # below half, "unknown" would be the usual answer
         raise FashionNetError(f"--keep must be from 0.5 to below 1, not {keep}")
     bundle = load_bundle(model)
     heads = bundle.heads

@@ -417,7 +417,7 @@ def cmd_calibrate(args) -> int:
                          allow_outside=args.allow_outside)
     for name, rule in document.get("open_set", {}).items():
         print(f"{name}: unknown over {rule['score']} {rule['threshold']:.4g} "
-              f"(keeps {args.keep:.0%} of the correct validation answers), temperature "
+              f"(keeps {rule['keep']:.0%} of the correct validation answers), temperature "
               f"{document['temperatures'].get(name, 1.0)}")
     print(f"wrote {Path(args.model) / 'labels.json'}")
     return 0
@@ -676,7 +676,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", type=Path, required=True, help="bundle folder (with model.keras)")
     p.add_argument("--dataset", type=Path, required=True,
                    help="the folder or manifest the bundle was trained on")
-    p.add_argument("--keep", type=float, default=0.95,
+    p.add_argument("--keep", type=float, default=0.96,
                    help="share of the correctly answered validation images that stay answered")
     p.add_argument("--allow-outside", action="store_true",
                    help="manifest paths may leave the manifest's folder")

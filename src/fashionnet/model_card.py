@@ -146,6 +146,20 @@ def render_model_card(path: str | Path, final: str | Path | None = None) -> str:
         lines.append("No temperature fitted (no validation split, or calibration off): the "
                      "stated confidences are the raw softmax.")
 
+    lines += ["", "## What it has no name for", ""]
+    known = "; ".join(f"{h.name}: {', '.join(h.classes)}" for h in bundle.heads)
+    lines.append(f"It names only {known}.")
+    if bundle.open_set:
+        for name, rule in bundle.open_set.items():
+            how = ("the distance of its features to those of each class in training"
+                   if rule.score == "embedding" else "its top probability")
+            lines.append(f"- {name}: answers **unknown** when {how} is stranger than for "
+                         f"{rule.keep:.0%} of the validation images it named right (`--no-abstain` "
+                         f"turns this off)")
+    else:
+        lines.append("No out-of-set rule: every answer is one of these names, whatever the "
+                     "photo shows (`fashionnet calibrate` fits the rules).")
+
     lines += ["", "## Known limits (from the test figures)", ""]
     limits = _limits(bundle, test)
     lines += limits or ["- None measurable: no test confusion matrix in metrics.json."]

@@ -9,8 +9,9 @@ unreadable file becomes a row with an ``error`` instead of failing the job. The 
 `Predictor`, which runs ``model.onnx`` through onnxruntime when the bundle has one, so the
 workers never import TensorFlow.
 
-Columns: ``path``, ``error`` (null when labelled), then per head ``HEAD`` (the label; a
-multi-label head's labels joined with ``|``), ``HEAD_probability`` (its probability; for a
+Columns: ``path``, ``error`` (null when labelled), then per head ``HEAD`` (the label, null when
+the head answers unknown, `fashionnet.open_set`; a multi-label head's labels joined with
+``|``), ``HEAD_probability`` (its probability; for a
 multi-label head the highest class probability) and one ``HEAD_prob_CLASS`` per class
 (calibrated, as ``classify`` shows them). ``_summary.json`` beside the shards counts them.
 """
