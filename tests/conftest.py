@@ -44,7 +44,7 @@ def tiny_bundle(tiny_dataset, tmp_path_factory):
     from fashionnet import TrainConfig, train
 
     config = TrainConfig(dataset=str(tiny_dataset), epochs=1, input_size=32, batch_size=16,
-                         holdout=["red_shoes"], cache=False)
+                         holdout=["red_shoes"], cache=False, backbone="scratch")
     return train(config, tmp_path_factory.mktemp("bundle") / "run", verbose=0)
 
 
@@ -74,5 +74,5 @@ def two_colour_bundle(two_colour_dataset, tmp_path_factory):
     from fashionnet import TrainConfig, train
 
     config = TrainConfig(dataset=str(two_colour_dataset["train"]), epochs=8, input_size=32,
-                         batch_size=16, val_fraction=0.3, cache=False)
+                         batch_size=16, val_fraction=0.3, cache=False, backbone="scratch")
     return train(config, tmp_path_factory.mktemp("two_colour_bundle") / "run", verbose=0)
