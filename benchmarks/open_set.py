@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -185,6 +186,28 @@ def candidates(model: Path, sets, images) -> dict:
     return out
 
 
+def cost(model: Path, images: np.ndarray, rounds: int = 7) -> dict:
+    """What abstaining costs: the same predictor calls with and without the rules, taking
+    turns, on a batch of 64 test photos and on one photo (ms, min / median / max)."""
+    import time
+
+    from fashionnet.inference import load
+
+    sides = {"abstain": load(model), "no_abstain": load(model, abstain=False)}
+    batch, one = images[:64], images[:1]
+    times = {f"{side}_{kind}": [] for side in sides for kind in ("batch64", "single")}
+    for side in sides.values():  # warm up
+        side.predict_arrays(batch)
+    for _ in range(rounds):
+        for name, predictor in sides.items():
+            for kind, x in (("batch64", batch), ("single", one)):
+                start = time.perf_counter()
+                predictor.predict_arrays(x)
+                times[f"{name}_{kind}"].append(1000 * (time.perf_counter() - start))
+    return {k: {"min": min(v), "median": float(np.median(v)), "max": max(v)}
+            for k, v in times.items()}
+
+
 def pct(x):
     return f"{100 * x:.1f} %"
 
@@ -206,6 +229,7 @@ def main() -> int:
     images = {name: decode(paths, size) for name, (paths, _) in sets.items()}
     report = {"model": str(model), "counts": {n: len(p) for n, (p, _) in sets.items()},
               "shipped": as_shipped(model, sets, images)}
+    report["cost_ms"] = cost(model, images["test"])
     if not args.skip_candidates and (model / "model.keras").is_file():
         report["candidates"] = candidates(model, sets, images)
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -228,6 +252,14 @@ def main() -> int:
                      f"{pct(r['out_of_set_unknown'])} | {pct(r['in_set_answered'])} | "
                      f"{100 * r['in_set_accuracy_answered']:.2f} / "
                      f"{100 * r['in_set_accuracy_all']:.2f} % | {control} |")
+    c = report["cost_ms"]
+    lines += ["", "## Cost (ms, min / median / max of 7 interleaved rounds, load "
+              f"{os.getloadavg()[0]:.1f})", "",
+              "| call | with the rules | --no-abstain |", "| --- | --- | --- |"]
+    for kind, label in (("batch64", "64 photos"), ("single", "one photo")):
+        a, b = c[f"abstain_{kind}"], c[f"no_abstain_{kind}"]
+        lines.append(f"| {label} | {a['min']:.1f} / {a['median']:.1f} / {a['max']:.1f} | "
+                     f"{b['min']:.1f} / {b['median']:.1f} / {b['max']:.1f} |")
     if "candidates" in report:
         lines += ["", "## Candidates (Keras, each fitted alike)", "",
                   "| head | score | AUROC | out-of-set unknown | in-set answered | "

@@ -78,12 +78,20 @@ def render_model_card(path: str | Path, final: str | Path | None = None) -> str:
     for head in bundle.heads:
         kind = "several labels at once (multi-label)" if head.multi else "one label"
         lines.append(f"- **{head.name}** ({kind}): {', '.join(head.classes)}")
-    lines += ["", "It knows only these labels. " + (
-        "It has no \"unknown\" answer: a colour or garment outside these sets still gets one "
-        "of these names, often with high confidence." if not any(
-            h.multi for h in bundle.heads) else
-        "A multi-label head with no label above its threshold means \"none of these\"; the "
-        "single-label heads always answer one of their labels."), ""]
+    if bundle.open_set:
+        names = list(bundle.open_set)
+        named = ", ".join(names[:-1]) + " and " + names[-1] if len(names) > 1 else names[0]
+        says = (f"its {named} head{'s' if len(names) > 1 else ''} answer{'' if len(names) > 1 else 's'} "
+                f"**unknown** for what looks unlike the training images (see \"What it has no name for\")"
+                + ("; a multi-label head with no label above its threshold means \"none of "
+                   "these\"." if any(h.multi for h in bundle.heads) else "."))
+    elif any(h.multi for h in bundle.heads):
+        says = ("A multi-label head with no label above its threshold means \"none of these\"; "
+                "the single-label heads always answer one of their labels.")
+    else:
+        says = ("It has no \"unknown\" answer: a colour or garment outside these sets still "
+                "gets one of these names, often with high confidence.")
+    lines += ["", "It knows only these labels. " + says[0].upper() + says[1:], ""]
 
     lines += ["## Training data", ""]
     split = metrics.get("split") or {}
@@ -147,15 +155,12 @@ def render_model_card(path: str | Path, final: str | Path | None = None) -> str:
                      "stated confidences are the raw softmax.")
 
     lines += ["", "## What it has no name for", ""]
-    known = "; ".join(f"{h.name}: {', '.join(h.classes)}" for h in bundle.heads)
-    lines.append(f"It names only {known}.")
     if bundle.open_set:
         for name, rule in bundle.open_set.items():
-            how = ("the distance of its features to those of each class in training"
-                   if rule.score == "embedding" else "its top probability")
-            lines.append(f"- {name}: answers **unknown** when {how} is stranger than for "
-                         f"{rule.keep:.0%} of the validation images it named right (`--no-abstain` "
-                         f"turns this off)")
+            how = ("a photo's features lie further from every class's training photos"
+                   if rule.score == "embedding" else "its top probability is lower")
+            lines.append(f"- {name}: answers **unknown** when {how} than for {rule.keep:.0%} "
+                         f"of the validation photos it named right (`--no-abstain`: never)")
     else:
         lines.append("No out-of-set rule: every answer is one of these names, whatever the "
                      "photo shows (`fashionnet calibrate` fits the rules).")
