@@ -410,6 +410,23 @@ def bundle_attacks(model: Path, work: Path) -> None:
     attempt("classes is a string", labels(lambda d: {**d, "heads": heads(d, 0, classes="red")}))
     attempt("preprocessing missing", labels(lambda d: {k: v for k, v in d.items()
                                                        if k != "preprocessing"}))
+    # Out-of-set rules (issue 34): shape, type and size games in labels.json's open_set.
+    msp = {"score": "msp", "threshold": 0.1, "quantiles": [i / 100 for i in range(101)]}
+    attempt("open_set rule for an unknown head", labels(lambda d: {**d, "open_set": {"x": msp}}))
+    attempt("open_set is a list", labels(lambda d: {**d, "open_set": [msp]}))
+    attempt("open_set NaN threshold", labels(lambda d: {**d, "open_set": {
+        "color": {**msp, "threshold": float("nan")}}}))
+    attempt("open_set score that runs code", labels(lambda d: {**d, "open_set": {
+        "color": {**msp, "score": "__import__('os').system('touch pwned')"}}}))
+    attempt("open_set embedding wider than the model's features", labels(lambda d: {
+        **d, "open_set": {"color": {**msp, "score": "embedding",
+                                    "means": [[0.1] * 7] * len(d["heads"][0]["classes"]),
+                                    "precision": [[float(i == j) for j in range(7)]
+                                                  for i in range(7)]}}}))
+    attempt("open_set 3000x3000 precision matrix", labels(lambda d: {
+        **d, "open_set": {"color": {**msp, "score": "embedding",
+                                    "means": [[0.0] * 3000] * len(d["heads"][0]["classes"]),
+                                    "precision": [[0] * 3000] * 3000}}}))
 
     def keras_config(change):
         def tamper(path, marker):

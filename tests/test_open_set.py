@@ -292,3 +292,15 @@ def test_rule_wider_than_the_model_features_is_refused_at_load(rules_copy):
         "precision": np.eye(dims).tolist()}}})
     with pytest.raises(FashionNetError, match=f"color_embedding.*has {dims - 2} units.*{dims}"):
         load(rules_copy, backend="keras")
+
+
+def test_a_multi_label_head_with_nothing_over_its_threshold_says_none_of_these():
+    from fashionnet.inference import head_prediction
+
+    tags = HeadSpec("occasion", ["party", "work", "sport"], kind="multi", threshold=0.5)
+    none = head_prediction(tags, np.array([0.2, 0.4, 0.1]))
+    assert none.unknown and none.label == [] and none.guess == "work"
+    assert none.describe().startswith("none of party, work, sport (highest: work 40.00%")
+    assert none.to_dict()["unknown"] is True and none.to_dict()["label"] == []
+    some = head_prediction(tags, np.array([0.7, 0.4, 0.9]))
+    assert not some.unknown and some.label == ["sport", "party"]
