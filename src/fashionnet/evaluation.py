@@ -191,7 +191,7 @@ def selective_report(targets: np.ndarray, probs: np.ndarray, scores: np.ndarray,
 
 
 def split_subset(bundle: Bundle, records: list[Record], subset: str,
-            dataset: str | Path) -> list[Record]:
+                 dataset: str | Path) -> list[Record]:
     """The records in the bundle's ``subset`` split, matched by their path relative to the
     dataset root (older bundles: by the path as written at training, or its absolute form)."""
     split_file = bundle.path / SPLIT_FILE

@@ -151,7 +151,7 @@ class Predictor:
             # threads: a process that shares its machine (a Ray actor per core) caps ONNX
             # Runtime's pool, which otherwise takes every core; spin: see session_options.
             self.runner: Runner = OnnxRunner(onnx_path, outputs, threads=threads, spin=spin,
-                                             hint=self._no_embedding_hint(onnx_path))
+                                             hint=self._no_embedding_hint())
         else:
             if not _present(bundle.keras_path):
                 raise FashionNetError(f"{bundle.keras_path}: missing from the bundle")
@@ -161,7 +161,8 @@ class Predictor:
                 raise FashionNetError(_no_keras(bundle, backend, exc)) from None
         self._check_model(onnx_path if use_onnx else bundle.keras_path)
 
-    def _no_embedding_hint(self, path: Path) -> str:
+    def _no_embedding_hint(self) -> str:
+        """Said when model.onnx lacks the head features a rule reads (an older export)."""
         if not self.embedded:
             return ""
         return (f"; {self.bundle.path / 'labels.json'} has out-of-set rules that read them: "
