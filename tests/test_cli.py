@@ -68,7 +68,7 @@ def test_non_image_files_are_skipped_with_a_warning(tmp_path, capsys):
     (tmp_path / "data" / "red_dress" / "broken.jpg").write_text("not an image")
     code, out, err = run(capsys, "train", "--dataset", tmp_path / "data", "--output",
                          tmp_path / "run", "--epochs", "1", "--input-size", "32", "--quiet",
-                         "--no-cache", "--no-dedupe", "--split", "recipe")
+                         "--no-cache", "--no-dedupe", "--split", "recipe", "--backbone", "scratch")
     assert code == 0, err
     assert "found 7 images in 2 folders (1 not image file(s): 1 .txt, left out)" in err
     assert "broken.jpg: not an image" in err and "skipped 1 unreadable file(s)" in err

@@ -141,7 +141,7 @@ def test_train_on_two_workers_writes_a_bundle_that_classifies(ray_local, tiny_da
 
     out = tmp_path / "run"
     argv = ["train", "--dataset", str(tiny_dataset), "--epochs", "2", "--input-size", "32",
-            "--batch-size", "16", "--workers", "2", "--output", str(out)]
+            "--batch-size", "16", "--workers", "2", "--output", str(out), "--backbone", "scratch"]
     assert main(argv) == 0
     assert "trained on 2 Ray worker(s)" in capsys.readouterr().out
     cluster = json.loads((out / "cluster.json").read_text())
@@ -149,7 +149,8 @@ def test_train_on_two_workers_writes_a_bundle_that_classifies(ray_local, tiny_da
     assert not (tmp_path / ".run.ray").exists()  # checkpoints removed after success
     assert not list(tmp_path.glob(".run.tmp-*"))  # the chief's atomic write left nothing
     # The same split as a one-process run of the same config.
-    config = TrainConfig(dataset=str(tiny_dataset), epochs=2, input_size=32, batch_size=16)
+    config = TrainConfig(dataset=str(tiny_dataset), epochs=2, input_size=32, batch_size=16,
+                         backbone="scratch")
     data = load_dataset(config, progress=False)
     split = split_dataset(data, config)
     saved = json.loads((out / "split.json").read_text())
@@ -179,7 +180,8 @@ def test_a_killed_worker_resumes_from_the_last_checkpoint(ray_local, tiny_datase
     from fashionnet.cluster import train_on_ray
 
     marker = tmp_path / "killed"
-    config = TrainConfig(dataset=str(tiny_dataset), epochs=3, input_size=32, batch_size=16)
+    config = TrainConfig(dataset=str(tiny_dataset), epochs=3, input_size=32, batch_size=16,
+                         backbone="scratch")
     # A user's own --storage folder, given relative: used as it is, and only this run's
     # sub-folder removed after success (it used to be deleted whole, the user's files too).
     shared = tmp_path / "shared-mount"

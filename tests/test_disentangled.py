@@ -114,7 +114,7 @@ def test_shape_jitter_can_be_turned_off_and_on():
     assert "gray_shape_jitter" not in names(build_model(HEADS, 32, "recipe"))
     assert "gray_shape_jitter" in names(build_model(HEADS, 32, "recipe", shape_jitter=True))
     args = build_parser().parse_args(["train", "--dataset", "d", "--output", "o",
-                                      "--no-shape-jitter"])
+                                      "--backbone", "scratch", "--no-shape-jitter"])
     assert _config_from_args(args).shape_jitter is False
 
 
@@ -169,12 +169,12 @@ def test_mirror_average_can_be_turned_off_and_on():
     assert "gray_mirror_views" in names(build_model(HEADS, 32))
     assert "gray_mirror_views" not in names(build_model(HEADS, 32, mirror_average=False))
     assert "gray_mirror_views" not in names(build_model(HEADS, 32, "recipe"))
-    assert "gray_mirror_views" not in names(model_for(TrainConfig(mirror_average=False,
-                                                                  input_size=32), HEADS))
+    assert "gray_mirror_views" not in names(model_for(TrainConfig(
+        backbone="scratch", mirror_average=False, input_size=32), HEADS))
     assert TrainConfig().mirror_average
     assert TrainConfig(architecture="recipe").mirror_average is False
     args = build_parser().parse_args(["train", "--dataset", "d", "--output", "o",
-                                      "--no-mirror-average"])
+                                      "--backbone", "scratch", "--no-mirror-average"])
     assert _config_from_args(args).mirror_average is False
 
 
@@ -197,13 +197,14 @@ def test_cutout_is_off_by_default_and_reaches_the_category_branch_only_when_aske
     from fashionnet.cli import _config_from_args, build_parser
 
     assert "gray_cutout" not in {layer.name for layer in build_model(HEADS, 32).layers}
-    trained = model_for(TrainConfig(cutout=0.25, input_size=32), HEADS)  # what `train` builds
+    # what `train` builds
+    trained = model_for(TrainConfig(backbone="scratch", cutout=0.25, input_size=32), HEADS)
     assert trained.get_layer("gray_cutout").rate == 0.25
     build_model(HEADS, 32, cutout=0.5).save(tmp_path / "m.keras")
     model = keras.saving.load_model(tmp_path / "m.keras", compile=False, safe_mode=True)
     assert model.get_layer("gray_cutout").rate == 0.5
     args = build_parser().parse_args(["train", "--dataset", "d", "--output", "o",
-                                      "--cutout", "0.5"])
+                                      "--backbone", "scratch", "--cutout", "0.5"])
     assert _config_from_args(args).cutout == 0.5
     with pytest.raises(FashionNetError, match="cutout must be at least 0 and at most 1"):
         TrainConfig(cutout=1.5)
@@ -221,7 +222,8 @@ def test_category_dropout_sets_the_grayscale_blocks_dropout_and_zero_removes_it(
     assert TrainConfig().category_dropout == 0.0
     assert TrainConfig(architecture="recipe").category_dropout == 0.25
     assert block_rates(build_model(HEADS, 32)) == []  # the default: none
-    assert block_rates(model_for(TrainConfig(category_dropout=0.1, input_size=32), HEADS)) == [
+    assert block_rates(model_for(TrainConfig(backbone="scratch", category_dropout=0.1,
+                                             input_size=32), HEADS)) == [
         0.1, 0.1, 0.1]
     bare = build_model(HEADS, 32, category_dropout=0.0)
     assert block_rates(bare) == []
@@ -235,7 +237,7 @@ def test_category_dropout_sets_the_grayscale_blocks_dropout_and_zero_removes_it(
     for a, b in zip(bare(x, training=False), loaded(x, training=False)):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6)
     args = build_parser().parse_args(["train", "--dataset", "d", "--output", "o",
-                                      "--category-dropout", "0.1"])
+                                      "--backbone", "scratch", "--category-dropout", "0.1"])
     assert _config_from_args(args).category_dropout == 0.1
     with pytest.raises(FashionNetError, match="category_dropout must be at least 0 and below 1"):
         TrainConfig(category_dropout=-0.1)
@@ -294,7 +296,8 @@ def _assert_a_category_branch_training_layer(tmp_path, setting: str, bad: float)
     for got, want in zip(model(x), model(x, training=False)):  # what an export traces
         np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
     flag = "--" + setting.replace("_", "-")
-    args = build_parser().parse_args(["train", "--dataset", "d", "--output", "o", flag, "0.5"])
+    args = build_parser().parse_args(["train", "--dataset", "d", "--output", "o",
+                                      "--backbone", "scratch", flag, "0.5"])
     assert getattr(_config_from_args(args), setting) == 0.5
     with pytest.raises(FashionNetError, match=f"{setting} must be at least 0 and at most 1"):
         TrainConfig(**{setting: bad})
@@ -303,7 +306,7 @@ def _assert_a_category_branch_training_layer(tmp_path, setting: str, bad: float)
 def test_garment_tone_is_off_by_default_and_reaches_the_category_branch_only_when_asked(
         tmp_path):
     assert "gray_garment_tone" not in {layer.name for layer in build_model(HEADS, 32).layers}
-    trained = model_for(TrainConfig(garment_tone=0.25, input_size=32), HEADS)
+    trained = model_for(TrainConfig(backbone="scratch", garment_tone=0.25, input_size=32), HEADS)
     assert trained.get_layer("gray_garment_tone").rate == 0.25
     _assert_a_category_branch_training_layer(tmp_path, "garment_tone", bad=-0.1)
 
@@ -345,7 +348,7 @@ def test_random_backdrop_is_on_by_default_and_reaches_the_category_branch_only(t
     assert "gray_random_backdrop" not in {layer.name for layer in model_for(recipe, HEADS).layers}
     assert "gray_random_backdrop" not in {
         layer.name for layer in build_model(HEADS, 32, random_backdrop=0.0).layers}
-    trained = model_for(TrainConfig(random_backdrop=0.25, input_size=32), HEADS)
+    trained = model_for(TrainConfig(backbone="scratch", random_backdrop=0.25, input_size=32), HEADS)
     assert trained.get_layer("gray_random_backdrop").rate == 0.25
     _assert_a_category_branch_training_layer(tmp_path, "random_backdrop", bad=1.5)
 
@@ -391,7 +394,7 @@ def test_local_contrast_is_off_by_default_and_only_on_the_category_branch(tmp_pa
 
     assert "gray_local_contrast" not in {layer.name for layer in build_model(HEADS, 32).layers}
     assert TrainConfig().local_contrast is False
-    trained = model_for(TrainConfig(local_contrast=True, input_size=64), HEADS)
+    trained = model_for(TrainConfig(backbone="scratch", local_contrast=True, input_size=64), HEADS)
     assert trained.get_layer("gray_local_contrast").window == local_contrast_window(64) == 9
     assert local_contrast_window(96) == 13 and local_contrast_window(32) == 5
     build_model(HEADS, 32, local_contrast=True).save(tmp_path / "m.keras")
@@ -408,7 +411,8 @@ def test_local_contrast_is_off_by_default_and_only_on_the_category_branch(tmp_pa
     assert "local_contrast ignored" in caplog.text
     assert "gray_local_contrast" not in {layer.name for layer in recipe.layers}
     for flag, want in (("--local-contrast", True), ("--no-local-contrast", False)):
-        args = build_parser().parse_args(["train", "--dataset", "d", "--output", "o", flag])
+        args = build_parser().parse_args(["train", "--dataset", "d", "--output", "o",
+                                          "--backbone", "scratch", flag])
         assert _config_from_args(args).local_contrast is want
 
 
@@ -472,14 +476,15 @@ def test_garment_map_moves_the_jitter_to_the_input_both_branches_read(tmp_path, 
     def names(model):
         return {layer.name for layer in model.layers}
 
-    model = model_for(TrainConfig(garment_map=True, input_size=32), HEADS)  # what `train` builds
+    # what `train` builds
+    model = model_for(TrainConfig(backbone="scratch", garment_map=True, input_size=32), HEADS)
     assert {"shape_jitter", "color_garment_score"} <= names(model)
     assert "gray_shape_jitter" not in names(model)
     assert "color_garment_score" not in names(build_model(HEADS, 32))  # off by default
     colour_only = [HEADS[0]]  # no category branch to read: no map, and `train` says so
     assert "color_garment_score" not in names(build_model(colour_only, 32, garment_map=True))
     with caplog.at_level("WARNING", logger="fashionnet"):
-        model_for(TrainConfig(garment_map=True, input_size=32), colour_only)
+        model_for(TrainConfig(backbone="scratch", garment_map=True, input_size=32), colour_only)
     assert "garment_map ignored" in caplog.text
     assert "color_garment_score" not in names(build_model(HEADS, 32, "recipe", garment_map=True))
     model.save(tmp_path / "m.keras")
@@ -488,7 +493,7 @@ def test_garment_map_moves_the_jitter_to_the_input_both_branches_read(tmp_path, 
     for a, b in zip(model(x, training=False), loaded(x, training=False)):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6)
     args = build_parser().parse_args(["train", "--dataset", "d", "--output", "o",
-                                      "--garment-map"])
+                                      "--backbone", "scratch", "--garment-map"])
     assert _config_from_args(args).garment_map is True
 
 
@@ -554,14 +559,14 @@ def test_category_garment_map_setting(tmp_path, caplog):
     from fashionnet.cli import _config_from_args, build_parser
 
     assert TrainConfig().category_garment_map is False  # off by default
-    assert TrainConfig(category_garment_map=True).garment_map is True  # implied
+    assert TrainConfig(backbone="scratch", category_garment_map=True).garment_map is True  # implied
     with pytest.raises(FashionNetError, match="category_garment_map needs garment_map"):
         TrainConfig(category_garment_map=True, garment_map=False)
     args = build_parser().parse_args(["train", "--dataset", "d", "--output", "o",
-                                      "--category-garment-map"])
+                                      "--backbone", "scratch", "--category-garment-map"])
     assert _config_from_args(args).category_garment_map is True
     assert _config_from_args(args).garment_map is True
-    model = model_for(TrainConfig(category_garment_map=True, input_size=32), HEADS)
+    model = model_for(TrainConfig(backbone="scratch", category_garment_map=True, input_size=32), HEADS)
     assert "color_category_map" in {layer.name for layer in model.layers}
     model.save(tmp_path / "m.keras")
     loaded = keras.saving.load_model(tmp_path / "m.keras", compile=False, safe_mode=True)
@@ -571,7 +576,7 @@ def test_category_garment_map_setting(tmp_path, caplog):
     # A multi-label category head names no one garment: the plain map, and `train` says so.
     tags = [HEADS[0], HeadSpec("category", ["dress", "shirt"], kind="multi", branch="gray")]
     with caplog.at_level("WARNING", logger="fashionnet"):
-        plain = model_for(TrainConfig(category_garment_map=True, input_size=32), tags)
+        plain = model_for(TrainConfig(backbone="scratch", category_garment_map=True, input_size=32), tags)
     assert "category_garment_map ignored" in caplog.text
     names = {layer.name for layer in plain.layers}
     assert "color_garment_score" in names and "color_category_map" not in names

@@ -50,7 +50,7 @@ def test_evaluate_cli_writes_reports(tiny_bundle, tiny_dataset, tmp_path, capsys
 def test_study_runs_short_and_resumes(tiny_dataset, tmp_path, capsys):
     argv = ["study", "compositional", "--dataset", str(tiny_dataset), "--epochs", "1",
             "--input-size", "32", "--combinations", "red_shoes,blue_dress", "--output",
-            str(tmp_path / "study"), "--quiet", "--no-cache"]
+            str(tmp_path / "study"), "--quiet", "--no-cache", "--backbone", "scratch"]
     assert main(argv) == 0
     study = json.loads((tmp_path / "study" / "study.json").read_text())
     assert set(study["folds"]) == {"red_shoes", "blue_dress"}

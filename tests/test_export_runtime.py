@@ -87,7 +87,7 @@ def test_local_contrast_model_exports_with_parity(tiny_dataset, tmp_path, rng):
     from fashionnet import TrainConfig, train
 
     config = TrainConfig(dataset=str(tiny_dataset), epochs=1, input_size=32, batch_size=16,
-                         local_contrast=True, cache=False)
+                         local_contrast=True, cache=False, backbone="scratch")
     path = tmp_path / "run"
     train(config, path, verbose=0)
     _export_and_compare(path, rng)
@@ -99,7 +99,7 @@ def test_random_backdrop_model_exports_with_parity(tiny_dataset, tmp_path, rng):
     from fashionnet import TrainConfig, train
 
     config = TrainConfig(dataset=str(tiny_dataset), epochs=1, input_size=32, batch_size=16,
-                         random_backdrop=1.0, cache=False)
+                         random_backdrop=1.0, cache=False, backbone="scratch")
     path = tmp_path / "run"
     train(config, path, verbose=0)
     _export_and_compare(path, rng)
@@ -113,7 +113,8 @@ def test_garment_map_model_exports_with_parity(tiny_dataset, tmp_path, rng, by_c
     from fashionnet import TrainConfig, train
 
     config = TrainConfig(dataset=str(tiny_dataset), epochs=1, input_size=32, batch_size=16,
-                         garment_map=True, category_garment_map=by_category, cache=False)
+                         garment_map=True, category_garment_map=by_category, cache=False,
+                         backbone="scratch")
     path = tmp_path / "run"
     train(config, path, verbose=0)
     import keras

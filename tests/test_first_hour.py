@@ -53,7 +53,8 @@ def test_multi_is_honoured_without_heads(tmp_path, kind):
 
     manifest = occasions_manifest(tmp_path, kind)
     args = build_parser().parse_args(["train", "--dataset", str(manifest), "--multi",
-                                      "occasions", "--output", str(tmp_path / "run")])
+                                      "occasions", "--output", str(tmp_path / "run"),
+                                      "--backbone", "scratch"])
     data = load_dataset(_config_from_args(args), progress=False)
     heads = {h.name: h for h in data.heads}
     assert list(heads) == ["color", "category", "occasions"]
@@ -422,8 +423,9 @@ def test_report_md_explains_ece_links_pngs_and_says_swaps_in_words():
 # -- 8. training output ----------------------------------------------------------------------
 
 def test_training_prints_one_short_line_per_epoch(tiny_dataset, tmp_path, capsys):
+    # The default run (the pretrained backbone); its features come from this session's cache.
     code, out, err = run(capsys, "train", "--dataset", tiny_dataset, "--output", tmp_path / "r",
-                         "--epochs", "2", "--input-size", "32", "--no-cache")
+                         "--epochs", "2", "--input-size", "32")
     assert code == 0, err
     text = out + err
     assert "\x1b" not in text and "\r" not in text

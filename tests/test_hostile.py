@@ -646,7 +646,8 @@ def test_train_allow_outside_flag(tmp_path, capsys):
     (tmp_path / "data").mkdir()
     (tmp_path / "data" / "m.csv").write_text("path,color,category\n" + rows)
     args = ["train", "--dataset", tmp_path / "data" / "m.csv", "--epochs", "1",
-            "--input-size", "32", "--no-cache", "--no-dedupe", "--quiet", "--split", "recipe"]
+            "--input-size", "32", "--no-cache", "--no-dedupe", "--quiet", "--split", "recipe",
+            "--backbone", "scratch"]
     code, _, err = run_cli(capsys, *args, "--output", tmp_path / "run")
     assert code == 2 and one_line_error(err) and "line 2" in err and "--allow-outside" in err
     code, _, err = run_cli(capsys, *args, "--output", tmp_path / "run", "--allow-outside")

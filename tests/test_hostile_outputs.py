@@ -96,7 +96,7 @@ def test_overwrite_replaces_what_fashionnet_wrote(tiny_dataset, tmp_path):
     from fashionnet import train
 
     config = TrainConfig(dataset=str(tiny_dataset), epochs=1, input_size=32, batch_size=16,
-                         cache=False)
+                         cache=False, backbone="scratch")
     out = tmp_path / "run"
     train(config, out, verbose=0)
     assert (out / OUTPUT_MARKER).is_file()
@@ -481,7 +481,7 @@ def _checkpointed_run(tiny_dataset, tmp_path, monkeypatch):
 
     monkeypatch.setattr(_SaveEachEpoch, "on_epoch_end", once)
     config = TrainConfig(dataset=str(tiny_dataset), epochs=2, input_size=32, batch_size=16,
-                         cache=False)
+                         cache=False, backbone="scratch")
     with pytest.raises(Killed):
         from fashionnet import train
 

@@ -33,7 +33,8 @@ def manifest(tiny_dataset, tmp_path_factory):
 
 def test_train_three_heads_with_missing_labels_and_round_trip(manifest, tmp_path):
     config = TrainConfig(dataset=str(manifest), epochs=2, input_size=32, batch_size=16,
-                         cache=False, allow_outside=True, heads=[HeadSpec("color", branch="color"),
+                         cache=False, allow_outside=True, backbone="scratch",
+                         heads=[HeadSpec("color", branch="color"),
                                              HeadSpec("category"),
                                              HeadSpec("tags", kind="multi", branch="shared",
                                                       class_weights="balanced")])
@@ -56,7 +57,8 @@ def test_config_file_and_cli_print_multi_label_heads_as_lists(manifest, tmp_path
     text = config.read_text()
     assert 'name = "tags"' in text and 'kind = "multi"' in text and "unlabelled" in text
     code = main(["train", "--config", str(config), "--epochs", "1", "--input-size", "32",
-                 "--output", str(tmp_path / "run"), "--quiet", "--no-cache"])
+                 "--output", str(tmp_path / "run"), "--quiet", "--no-cache", "--backbone",
+                 "scratch"])
     assert code == 0
     capsys.readouterr()
     image = next(iter(sorted(tiny_dataset.rglob("*.jpg"))))

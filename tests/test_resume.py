@@ -17,7 +17,8 @@ class Killed(BaseException):
 
 
 def _config(tiny_dataset, **changes) -> TrainConfig:
-    settings = {"epochs": 3, "input_size": 32, "batch_size": 16, "cache": False, **changes}
+    settings = {"epochs": 3, "input_size": 32, "batch_size": 16, "cache": False,
+                "backbone": "scratch", **changes}
     return TrainConfig(dataset=str(tiny_dataset), **settings)
 
 

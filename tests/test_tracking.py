@@ -12,7 +12,7 @@ from fashionnet.tracking import flat_params, image_tags, read_scalars
 def tracked_run(tiny_dataset, tmp_path_factory):
     out = tmp_path_factory.mktemp("tracked") / "run"
     config = TrainConfig(dataset=str(tiny_dataset), epochs=2, input_size=32, batch_size=16,
-                         cache=False)
+                         cache=False, backbone="scratch")
     return train(config, out, verbose=0)
 
 
@@ -44,7 +44,7 @@ def test_mlflow_run_has_params_metrics_and_the_bundle(tiny_dataset, tmp_path):
     mlflow = pytest.importorskip("mlflow")
     uri = (tmp_path / "mlruns").as_uri()
     config = TrainConfig(dataset=str(tiny_dataset), epochs=2, input_size=32, batch_size=16,
-                         cache=False)
+                         cache=False, backbone="scratch")
     train(config, tmp_path / "run", verbose=0, track="mlflow", tracking_uri=uri)
     client = mlflow.tracking.MlflowClient(tracking_uri=uri)
     experiment = client.get_experiment_by_name("fashionnet")

@@ -79,7 +79,8 @@ def test_epoch_line_heads_and_exact_match_come_from_one_scoring(tiny_bundle, tin
 
     from fashionnet.training import BestEpoch, load_dataset
 
-    config = TrainConfig(dataset=str(tiny_dataset), input_size=32, cache=False)
+    config = TrainConfig(dataset=str(tiny_dataset), input_size=32, cache=False,
+                         backbone="scratch")
     data = load_dataset(config, progress=False)
     rows = np.arange(0, len(data.records), 4)
     model = keras.saving.load_model(tiny_bundle.bundle.keras_path, compile=False)

@@ -42,7 +42,7 @@ def test_two_tiny_trials_write_a_toml_that_train_accepts(tiny_dataset, tmp_path,
     code = main(["tune", "--dataset", str(tiny_dataset), "--output", str(out), "--trials", "2",
                  "--epochs", "2", "--input-size", "32", "--batch-size", "16", "--no-cache",
                  "--settings", "learning_rate,recolor", "--tune-holdout", "red_shoes",
-                 "--max-concurrent", "2"])
+                 "--max-concurrent", "2", "--backbone", "scratch"])
     assert code == 0, capsys.readouterr().err
     config = TrainConfig.from_toml(out / "best.toml")
     assert config.epochs == 2 and config.holdout == []  # the tuning holdout is not baked in

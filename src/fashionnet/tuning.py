@@ -81,7 +81,7 @@ def tune(config: TrainConfig, output: str | Path, *, trials: int = 8,
     output = Path(output).resolve()
     check_destination(output, dataset_inputs(config.dataset, config.path_column),
                       overwrite=overwrite)
-    space = search_space(settings)
+    space = search_space(settings, config.backbone)
     epochs = epochs or config.epochs
     if objective == "heldout":
         holdout = holdout or _default_holdout(config)
