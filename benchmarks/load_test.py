@@ -277,6 +277,7 @@ def baseline_child(model: str | None, photo_bytes: bytes, calls: int = 200) -> d
     for _ in range(20):
         predictor.predict_arrays(predictor.decode(photo_bytes)[None])
         predictor.predict_probabilities(batch)
+        predictor.predict_probabilities(batch[:4])
     single, model_only = [], []
     for _ in range(calls):
         t = time.perf_counter()
@@ -285,14 +286,24 @@ def baseline_child(model: str | None, photo_bytes: bytes, calls: int = 200) -> d
         t = time.perf_counter()
         predictor.predict_probabilities(image[None])
         model_only.append(time.perf_counter() - t)
-    batched = []
+    batched, small = [], []
     for _ in range(max(5, calls // 20)):
         t = time.perf_counter()
         predictor.predict_probabilities(batch)
         batched.append(time.perf_counter() - t)
-    return {"decode_and_model_ms": 1000 * statistics.median(single),
-            "model_only_ms": 1000 * statistics.median(model_only),
-            "model_batch32_img_s": 32 / statistics.median(batched)}
+        for _ in range(8):
+            t = time.perf_counter()
+            predictor.predict_probabilities(batch[:4])
+            small.append(time.perf_counter() - t)
+    out = {"decode_and_model_ms": 1000 * statistics.median(single),
+           "model_only_ms": 1000 * statistics.median(model_only),
+           "model_batch32_img_s": 32 / statistics.median(batched),
+           "model_batch4_img_s": 4 / statistics.median(small)}
+    # A big convolutional network at 224 px can run fewer img/s in batches of 32 than of 1
+    # or 4 (its activations leave the cache): the model's best is the highest of the three.
+    out["model_best_img_s"] = max(1000 / out["model_only_ms"], out["model_batch4_img_s"],
+                                  out["model_batch32_img_s"])
+    return out
 
 
 def baseline(model: str | None) -> dict:
@@ -442,8 +453,9 @@ def main() -> int:
         "shutdown_under_load": shutdown, "server_log": str(log_path)}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
-    out.with_suffix(".md").write_text(render(result, levels))
+    # suffixes appended, not replaced: --out results/current/load_test.scratch works
+    Path(f"{out}.json").write_text(json.dumps(result, indent=2) + "\n")
+    Path(f"{out}.md").write_text(render(result, levels))
     print(render(result, levels))
     errors = sum(lv["errors"] for r in rounds for srv in r["servers"].values()
                  for lv in srv["levels"].values())
@@ -488,6 +500,9 @@ def summarise(rounds: list[dict], levels: list[int], label: str) -> dict:
         entry["throughput_vs_model_batch32"] = spread(
             [row["requests_per_second"] / r["baseline"]["model_batch32_img_s"]
              for row, r in zip(rows, rounds)])
+        entry["throughput_vs_model_best"] = spread(
+            [row["requests_per_second"] / r["baseline"]["model_best_img_s"]
+             for row, r in zip(rows, rounds)])
         entry["p50_vs_in_process_call"] = spread(
             [row["p50_ms"] / r["baseline"]["decode_and_model_ms"] for row, r in zip(rows, rounds)])
         out["levels"][str(clients)] = entry
@@ -512,15 +527,18 @@ def render(result: dict, levels: list[int]) -> str:
         "| measure | min / median / max |", "| --- | --- |",
         f"| one call: decode + model, batch 1 | {mmm(b['decode_and_model_ms'], '{:.2f}')} ms |",
         f"| model only, batch 1 | {mmm(b['model_only_ms'], '{:.2f}')} ms |",
-        f"| model only, batches of 32 | {mmm(b['model_batch32_img_s'], '{:.0f}')} img/s |"]
+        f"| model only, batches of 4 | {mmm(b['model_batch4_img_s'], '{:.0f}')} img/s |",
+        f"| model only, batches of 32 | {mmm(b['model_batch32_img_s'], '{:.0f}')} img/s |",
+        f"| model only, best of batch 1 / 4 / 32 | {mmm(b['model_best_img_s'], '{:.0f}')} img/s"
+        " |"]
     for label, s in result["summary"].items():
         lines += [
             "", f"Server `fashionnet serve{'' if label == 'defaults' else ' ' + label}` "
             f"({label}):", "",
             "| clients | requests/s | p50 ms | p99 ms | errors | requests | server peak RSS, MB "
             "| mean model batch | server CPU ms/request | req/s vs model batch-32 img/s | "
-            "p50 vs one in-process call |",
-            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+            "req/s vs model's best img/s | p50 vs one in-process call |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
         for clients in levels:
             e = s["levels"][str(clients)]
             lines.append(
@@ -529,6 +547,7 @@ def render(result: dict, levels: list[int]) -> str:
                 f"{mmm(e['peak_rss_mb'], '{:.0f}')} | {mmm(e['mean_model_batch'])} | "
                 f"{mmm(e['server_cpu_ms_per_request'], '{:.2f}')} | "
                 f"{mmm(e['throughput_vs_model_batch32'], '{:.2f}')} | "
+                f"{mmm(e['throughput_vs_model_best'], '{:.2f}')} | "
                 f"{mmm(e['p50_vs_in_process_call'], '{:.2f}')} |")
     lines += ["", "Peak RSS: the server's resident memory sampled every 50 ms during the level "
               "(it does not shrink back after a busier level).", "",
