@@ -866,6 +866,9 @@ EXAMPLES = {
     "tune": "example:\n  fashionnet tune --dataset photos/ --output runs/tune --trials 16 "
             "--epochs 12\n  fashionnet train --config runs/tune/best.toml --output runs/tuned",
     "runs": "examples:\n  fashionnet runs runs/\n  fashionnet runs runs/ --format csv > runs.csv",
+    "calibrate": "examples:\n  fashionnet calibrate --model runs/mine --dataset photos/\n"
+                 "  fashionnet calibrate --model runs/mine --dataset photos/ --keep 0.9    # "
+                 "answer more, abstain less",
     "card": "example:\n  fashionnet evaluate --model runs/mine --dataset photos/\n"
             "  fashionnet card runs/mine    # MODEL_CARD.md with the evaluation's figures",
 }

@@ -141,6 +141,10 @@ class Labeller:
         return pa.Table.from_pydict(columns, schema=self.schema)
 
 
+#: How the summary counts a head's null (unknown) labels: not a name a class can clash with.
+UNKNOWN = "(unknown)"
+
+
 def summarise(output: str, bundle: Bundle) -> dict:
     """Counts read back from the written shards (only the label and error columns)."""
     import pyarrow.compute as pc
@@ -152,7 +156,9 @@ def summarise(output: str, bundle: Bundle) -> dict:
     counts = {}
     for name in heads:
         values = labelled.column(name).value_counts().to_pylist()
-        counts[name] = dict(sorted(((v["values"], v["counts"]) for v in values),
+        # a null label is the head's "unknown" (`fashionnet.open_set`)
+        counts[name] = dict(sorted(((UNKNOWN if v["values"] is None else v["values"],
+                                     v["counts"]) for v in values),
                                    key=lambda kv: (-kv[1], kv[0])))
     return {"rows": table.num_rows, "labelled": labelled.num_rows,
             "errors": table.num_rows - labelled.num_rows, "labels": counts}
