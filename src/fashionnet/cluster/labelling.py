@@ -115,7 +115,7 @@ class Labeller:
         from fashionnet.inference import load
 
         self.predictor = load(model, backend=backend, threads=threads)
-        self.predictor.batch_size = batch_size
+        self.predictor.batch_size = min(batch_size, self.predictor.batch_size)
         self.schema = output_schema(self.predictor.bundle)
 
     def __call__(self, batch: dict[str, np.ndarray]):

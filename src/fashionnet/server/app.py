@@ -73,9 +73,11 @@ class ServerLimits:
     read_timeout: float = 15.0             # seconds a client may stay silent mid-upload
     upload_timeout: float = 60.0           # seconds the whole request body may take
     header_timeout: float = 10.0           # seconds the request line and headers may take
-    model_batch: int = 32                  # images per model call (dynamic batching)
+    model_batch: int = 8                   # images per model call (dynamic batching; see
+                                           # inference.BATCH_SIZE for why so few)
     max_batch_delay_ms: float = 2.0        # wait for images being decoded; 0: never wait
-    batch_queue: int = 0                   # images queued for the model; 0: 4 model batches
+    batch_queue: int = 0                   # images queued for the model; 0: 4 model batches,
+                                           # and at least the request queue
     model_workers: int = 1                 # model threads, each running its own batch
     model_threads: int = 0                 # ONNX Runtime threads per call; 0: cores / workers
 
@@ -84,7 +86,9 @@ class ServerLimits:
         workers = self.workers or cores
         return dataclasses.replace(
             self, workers=workers, queue=self.queue or 32 * workers,
-            batch_queue=self.batch_queue or 4 * self.model_batch,
+            # small model batches must not make the model's queue shorter than the requests
+            # the decode pool admits: 32 clients would get 503s at --model-batch 4
+            batch_queue=self.batch_queue or max(4 * self.model_batch, 32 * workers),
             model_threads=self.model_threads or max(1, cores // self.model_workers))
 
     def public(self) -> dict:
