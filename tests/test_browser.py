@@ -69,23 +69,36 @@ def open_set_url(two_colour_bundle):
     yield from _serve(two_colour_bundle.bundle.path)
 
 
-def test_upload_shows_each_heads_labels(server_url, tiny_dataset):
+def open_page(driver, url: str) -> str:
+    """Load the page, wait for the model's description, return the label-set sentence."""
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
+    driver.get(url + "/")
+    WebDriverWait(driver, 20).until(
+        lambda d: d.find_element(By.ID, "model").text.startswith("Heads:"))
+    return driver.find_element(By.ID, "labels").text
+
+
+def upload(driver, photo) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    driver.find_element(By.ID, "file").send_keys(str(photo))
+    WebDriverWait(driver, 30).until(
+        lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-ready") == "1")
+
+
+def test_upload_shows_each_heads_labels(server_url, tiny_dataset):
+    from selenium.webdriver.common.by import By
+
     driver = chrome()
     try:
-        driver.get(server_url + "/")
-        WebDriverWait(driver, 20).until(
-            lambda d: d.find_element(By.ID, "model").text.startswith("Heads:"))
         # The label set in plain sight before any upload, and the model card a click away.
-        known = driver.find_element(By.ID, "labels").text
+        known = open_page(driver, server_url)
         assert "only knows color: black, blue, green, red" in known and "category: dress" in known
         assert driver.find_element(By.ID, "card").get_attribute("href").endswith("/v1/model/card")
-        photo = sorted((tiny_dataset / "red_dress").iterdir())[0]
-        driver.find_element(By.ID, "file").send_keys(str(photo))
-        WebDriverWait(driver, 30).until(
-            lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-ready") == "1")
+        upload(driver, sorted((tiny_dataset / "red_dress").iterdir())[0])
         labels = {el.get_attribute("data-head"): el.find_element(By.CLASS_NAME, "label").text
                   for el in driver.find_elements(By.CLASS_NAME, "head")}
         assert set(labels) == {"color", "category"}
@@ -161,22 +174,16 @@ def test_unknown_colour_reads_not_one_of(open_set_url, two_colour_dataset):
     """A model that knows black and red says so before the first upload, and shows a green
     garment's colour as "not one of: black, red" with its closest guess, not as bars."""
     from selenium.webdriver.common.by import By
-    from selenium.webdriver.support.ui import WebDriverWait
 
     driver = chrome()
     try:
-        driver.get(open_set_url + "/")
-        WebDriverWait(driver, 20).until(
-            lambda d: d.find_element(By.ID, "model").text.startswith("Heads:"))
-        known = driver.find_element(By.ID, "labels").text
+        known = open_page(driver, open_set_url)
         assert "only knows color: black, red" in known
         assert "not one of these" in known and "(color" in known
         photos = sorted((two_colour_dataset["other"] / "green_dress").iterdir())
         shown = []
         for photo in photos:
-            driver.find_element(By.ID, "file").send_keys(str(photo))
-            WebDriverWait(driver, 30).until(
-                lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-ready") == "1")
+            upload(driver, photo)
             box = driver.find_element(By.CSS_SELECTOR, '.head[data-head="color"]')
             shown.append((box.get_attribute("data-unknown"),
                           box.find_element(By.CLASS_NAME, "label").text,
