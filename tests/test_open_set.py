@@ -202,6 +202,9 @@ def test_evaluate_reports_the_answered_share_and_risk_coverage(two_colour_bundle
     assert entry["risk_coverage"]["coverage"][-1] == 1.0
     assert (tmp_path / "eval" / "risk_coverage.png").stat().st_size > 1000
     assert "Out-of-set answers" in (tmp_path / "eval" / "report.md").read_text()
+    from fashionnet.evaluation import summary_table
+
+    assert "color: answers" in summary_table(report)
     plain = evaluate(two_colour_bundle.bundle.path, two_colour_dataset["known"],
                      backend="keras", progress=False, abstain=False)
     assert "open_set" not in plain["heads"]["color"]

@@ -340,6 +340,11 @@ def summary_table(report: dict) -> str:
            if "mean_average_precision" in h else
            f"{name:>12}: accuracy {percent(h['accuracy'])}  macro-F1 {percent(h.get('macro_f1'))}"
            for name, h in report["heads"].items()]
+    for name, h in report["heads"].items():
+        if "open_set" in h:
+            o = h["open_set"]
+            out.append(f"{name:>12}: answers {percent(o['answered'], 1)} (unknown for the rest), "
+                       f"accuracy on those {percent(o['accuracy_answered'])}")
     out.append(f"{'exact match':>12}: {percent(report['exact_match'])}  ({report['count']} images)")
     if not math.isnan(report.get("unseen_exact_match", math.nan)):
         out.append(f"{'seen':>12}: {percent(report['seen_exact_match'])}  unseen: "
