@@ -307,3 +307,29 @@ def test_a_multi_label_head_with_nothing_over_its_threshold_says_none_of_these()
     assert none.to_dict()["unknown"] is True and none.to_dict()["label"] == []
     some = head_prediction(tags, np.array([0.7, 0.4, 0.9]))
     assert not some.unknown and some.label == ["sport", "party"]
+
+
+def test_calibrate_remakes_the_int8_model_that_reads_the_features(two_colour_bundle,
+                                                                 two_colour_dataset, tmp_path):
+    """An int8 copy quantized before the rules existed lacks the features; loading it says
+    how to fix that, and `calibrate` makes it again with them."""
+    pytest.importorskip("onnxruntime")
+    from fashionnet.calibration import calibrate
+    from fashionnet.inference import load
+    from fashionnet.runtime.export import export, export_int8
+
+    copy = tmp_path / "bundle"
+    shutil.copytree(two_colour_bundle.bundle.path, copy)
+    labels = json.loads((copy / "labels.json").read_text())
+    rules = labels.pop("open_set")
+    (copy / "labels.json").write_text(json.dumps(labels))
+    export(copy)
+    export_int8(copy, two_colour_dataset["train"])  # both without the head features
+    labels["open_set"] = rules
+    (copy / "labels.json").write_text(json.dumps(labels))
+    with pytest.raises(FashionNetError, match="--int8"):
+        load(copy, precision="int8")
+    calibrate(copy, two_colour_dataset["train"], progress=False)
+    int8 = load(copy, precision="int8")
+    green = int8.predict_files(_paths(two_colour_dataset["other"] / "green_dress"))
+    assert int8.precision == "int8" and _colour_unknown(green) >= 0.5

@@ -6,8 +6,8 @@ Training fits both (`fashionnet.open_set`, temperature scaling); this refits the
 retraining: for a bundle made before out-of-set rules existed, or to choose another share of
 correct answers to keep (``keep``). The rules' class statistics come from the bundle's
 training split, the thresholds and temperatures from its validation split (split.json). Needs
-the Keras model (model.keras); an ONNX export in the bundle is made again, so that it carries
-the head features the rules read.
+the Keras model (model.keras); an ONNX export in the bundle (and its int8 copy) is made again,
+so that it carries the head features the rules read.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from fashionnet.data.sources import read_dataset
 from fashionnet.errors import FashionNetError
 from fashionnet.evaluation import split_subset
 from fashionnet.heads import encode_targets
+from fashionnet.inference import INT8_FILE
 from fashionnet.metrics import apply_temperature, fit_temperature
 from fashionnet.open_set import KEEP, MAX_EMBEDDING, default_score, fit_rules
 
@@ -77,7 +78,9 @@ def calibrate(model: str | Path, dataset: str | Path, *, keep: float = KEEP,
     document = bundle.labels_document()
     update_bundle_file(bundle.path, LABELS_FILE, lambda p: write_json(p, document))
     if bundle.onnx_path.is_file():
-        from fashionnet.runtime.export import export
+        from fashionnet.runtime.export import export, export_int8
 
         export(bundle.path, ["onnx"], overwrite=True)
+        if (bundle.path / INT8_FILE).is_file():  # quantized from the model.onnx just replaced
+            export_int8(bundle.path)
     return document

@@ -170,9 +170,11 @@ class Predictor:
         """Said when model.onnx lacks the head features a rule reads (an older export)."""
         if not self.embedded:
             return ""
+        again = f"`fashionnet export {self.bundle.path} --overwrite`" + (
+            f", then `fashionnet export {self.bundle.path} --int8`"
+            if self.precision == "int8" else "")
         return (f"; {self.bundle.path / 'labels.json'} has out-of-set rules that read them: "
-                f"export again (`fashionnet export {self.bundle.path} --overwrite`), or pass "
-                f"--no-abstain")
+                f"export again ({again}), or pass --no-abstain")
 
     def _check_model(self, model_path: Path) -> None:
         """The model must match labels.json: input size, and one output unit per class."""

@@ -163,7 +163,9 @@ def export_int8(bundle_dir: str | Path, calibration: str | Path | Sequence[Path]
         raise FashionNetError(f"{bundle.onnx_path}: missing; run `fashionnet export "
                               f"{bundle.path}` first")
     paths = _calibration_paths(bundle, calibration, limit)
-    predictor = Predictor(bundle, backend="onnx", calibrated=False)
+    # the float32 model's decoding and input name; never an older model.int8.onnx beside it
+    predictor = Predictor(bundle, backend="onnx", calibrated=False, precision="fp32",
+                          abstain=False)
     images = []
     for path in paths:
         try:
