@@ -96,26 +96,25 @@ def as_shipped(model: Path, sets, images) -> dict:
             continue
         ood = "ood_colour" if head.branch == "color" else "ood_category"
 
-        def scores(name, k=k, head=head, rule=rule):
-            probs, emb, _ = outputs[name]
-            return rule.scores(probs[k], emb.get(head.name))
+        def scores(name, head=head):
+            return outputs[name][2][head.name].scores
 
         labels = sets["test"][1][head.name]
         probs, _, verdicts = outputs["test"]
-        answered = ~verdicts[head.name][0]
+        answered = ~verdicts[head.name].unknown
         right = probs[k].argmax(1) == labels
         from fashionnet.open_set import auroc
 
         row = {"score": rule.score, "threshold": rule.threshold,
                "auroc": auroc(scores("test"), scores(ood)),
-               "out_of_set_unknown": float(outputs[ood][2][head.name][0].mean()),
+               "out_of_set_unknown": float(outputs[ood][2][head.name].unknown.mean()),
                "in_set_answered": float(answered.mean()),
                "in_set_accuracy_answered": float(right[answered].mean()),
                "in_set_accuracy_all": float(right.mean())}
         control = "control_known_colours" if head.branch == "color" else \
             "control_known_categories"
         probs_c, _, verdicts_c = outputs[control]
-        ok = ~verdicts_c[head.name][0]
+        ok = ~verdicts_c[head.name].unknown
         hit = probs_c[k].argmax(1) == sets[control][1][head.name]
         row.update(control_answered=float(ok.mean()),
                    control_accuracy_answered=float(hit[ok].mean()),

@@ -14,8 +14,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
-
 from fashionnet.bundle import LABELS_FILE, load_bundle, update_bundle_file, write_json
 from fashionnet.data.images import decode_many
 from fashionnet.data.sources import read_dataset
@@ -24,15 +22,14 @@ from fashionnet.evaluation import split_subset
 from fashionnet.heads import encode_targets
 from fashionnet.inference import INT8_FILE
 from fashionnet.metrics import apply_temperature, fit_temperature
-from fashionnet.open_set import KEEP, MAX_EMBEDDING, default_score, fit_rules
+from fashionnet.open_set import KEEP, fit_rules
 
 
 def calibrate(model: str | Path, dataset: str | Path, *, keep: float = KEEP,
               allow_outside: bool = False, progress: bool = True) -> dict:
     """Refit and write the rules and temperatures; returns the new labels.json document."""
-    import keras
-
-    from fashionnet.model.embeddings import embedding_width, with_embeddings
+    from fashionnet.model.embeddings import embedded_heads, with_embeddings
+    from fashionnet.model.fashionnet import predict_probabilities
     from fashionnet.runtime.runners import KerasRunner
 
     if not 0.5 <= keep < 1.0:  # below half, "unknown" would be the usual answer
@@ -44,14 +41,9 @@ def calibrate(model: str | Path, dataset: str | Path, *, keep: float = KEEP,
     records, _ = read_dataset(dataset, [h.name for h in heads],
                               [h.name for h in heads if h.multi], allow_outside=allow_outside)
     runner = KerasRunner(bundle.keras_path, [h.output_name for h in heads])
-    embedded = [h.name for h in heads if default_score(h) == "embedding"
-                and 0 < (embedding_width(runner.model, h.name) or 0) <= MAX_EMBEDDING]
-    network = with_embeddings(runner.model, embedded)  # heads in bundle order, then features
+    embedded = embedded_heads(runner.model, heads)
+    network = with_embeddings(runner.model, embedded)  # the model's outputs, then features
     order = runner.order + list(range(len(heads), len(heads) + len(embedded)))
-
-    def run(batch: np.ndarray) -> list[np.ndarray]:
-        out = network(batch, training=False)
-        return [keras.ops.convert_to_numpy(out[i]) for i in order]
     got = {}
     for split in ("train", "val"):
         chosen = split_subset(bundle, records, split, dataset)
@@ -60,10 +52,8 @@ def calibrate(model: str | Path, dataset: str | Path, *, keep: float = KEEP,
         chosen = [chosen[i] for i in decoded.kept]
         if not chosen:
             raise FashionNetError(f"{dataset}: no readable image in the bundle's {split} split")
-        scale = np.float32(bundle.preprocessing.scale)
-        parts = [run(decoded.images[i:i + 32].astype(np.float32) * scale)
-                 for i in range(0, len(decoded.images), 32)]
-        out = [np.concatenate([p[k] for p in parts]) for k in range(len(parts[0]))]
+        outputs = predict_probabilities(network, decoded.images, bundle.preprocessing.scale)
+        out = [outputs[i] for i in order]  # heads in the bundle's order, then features
         targets = encode_targets(chosen, heads)
         got[split] = (out, [targets[h.output_name] for h in heads])
     (val_out, val_targets), train_targets = got["val"], got["train"][1]

@@ -163,10 +163,10 @@ def evaluate(model: str | Path | Bundle, dataset: str | Path, *, output: str | P
     targets = encode_targets(records, heads)
     for head, p in zip(heads, probs):
         if head.name in verdicts:
-            rule = predictor.rules[head.name]
+            rule, verdict = predictor.rules[head.name], verdicts[head.name]
             report["heads"][head.name]["open_set"] = selective_report(
-                targets[head.output_name], p, rule.scores(p, embeddings.get(head.name)),
-                verdicts[head.name][0], rule.score, rule.threshold)
+                targets[head.output_name], p, verdict.scores, verdict.unknown, rule.score,
+                rule.threshold)
     report["model"] = str(bundle.path)
     report["dataset"] = str(dataset)
     report["subset"] = subset or "all"

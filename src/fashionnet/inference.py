@@ -19,6 +19,7 @@ from collections import deque
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -43,6 +44,14 @@ INT8_FILE = "model.int8.onnx"
 #: behaves alike (results/current/benchmarks_serving.md).
 BATCH_SIZE = 8
 __all__ = ["BACKENDS", "IMAGE_SUFFIXES", "Prediction", "Predictor", "expand_inputs", "load"]
+
+
+class OutOfSet(NamedTuple):
+    """A head's out-of-set verdict on a batch (`Predictor.out_of_set`)."""
+
+    scores: np.ndarray
+    unknown: np.ndarray
+    share: np.ndarray
 
 
 @dataclasses.dataclass
@@ -280,14 +289,16 @@ class Predictor:
         return (self.calibrate(probs) if calibrated else probs), embeddings
 
     def out_of_set(self, probs: list[np.ndarray], embeddings: dict[str, np.ndarray]
-                   ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-        """Per head with a rule: (unknown, out_of_set share) for each image."""
+                   ) -> dict[str, OutOfSet]:
+        """Per head with a rule, for each image: its score, whether it is unknown, and the
+        score as a share of the correct validation answers."""
         verdicts = {}
         for head, p in zip(self.heads, probs):
             rule = self.rules.get(head.name)
             if rule is not None and len(p):
                 scores = rule.scores(p, embeddings.get(head.name))
-                verdicts[head.name] = (scores > rule.threshold, rule.share(scores))
+                verdicts[head.name] = OutOfSet(scores, scores > rule.threshold,
+                                               rule.share(scores))
         return verdicts
 
     def calibrate(self, probs: list[np.ndarray]) -> list[np.ndarray]:
@@ -307,11 +318,12 @@ class Predictor:
         for p in [*probs, *embeddings.values()]:
             finite &= np.isfinite(p).all(axis=1)
         verdicts = self.out_of_set(probs, embeddings)
-        none = (np.zeros(len(images), bool), [None] * len(images))
 
         def answer(head: HeadSpec, p: np.ndarray, i: int) -> HeadPrediction:
-            unknown, share = verdicts.get(head.name, none)
-            return head_prediction(head, p[i], bool(unknown[i]), share[i])
+            verdict = verdicts.get(head.name)
+            if verdict is None:
+                return head_prediction(head, p[i])
+            return head_prediction(head, p[i], bool(verdict.unknown[i]), verdict.share[i])
 
         return [Prediction(src, {h.name: answer(h, p, i)
                                  for h, p in zip(self.heads, probs)}) if finite[i]

@@ -47,7 +47,7 @@ from fashionnet.metrics import (
     expected_calibration_error,
     fit_temperature,
 )
-from fashionnet.model.embeddings import embedding_width, with_embeddings
+from fashionnet.model.embeddings import embedded_heads, with_embeddings
 from fashionnet.model.fashionnet import (
     build_model,
     category_head_for_map,
@@ -56,7 +56,7 @@ from fashionnet.model.fashionnet import (
 )
 from fashionnet.model.layers import HeadAccuracy, HeadLoss
 from fashionnet.model_card import CARD_FILE, render_model_card
-from fashionnet.open_set import MAX_EMBEDDING, default_score, fit_rules
+from fashionnet.open_set import fit_rules
 from fashionnet.outputs import check_destination, dataset_inputs
 from fashionnet.plots import plot_history
 from fashionnet.tracking import mlflow_tracker, tensorboard_callback, write_confusion_images
@@ -555,10 +555,8 @@ def train(config: TrainConfig, output: str | Path, *, overwrite: bool = False,
     if val_result:
         val_probs = [apply_temperature(p, temperatures.get(h.name, 1.0), h.multi)
                      for h, p in zip(heads, val_result["_probs"])]
-        embedded = [h.name for h in heads if default_score(h) == "embedding"
-                    and 0 < (embedding_width(model, h.name) or 0) <= MAX_EMBEDDING]
-        features = head_features(trained if frozen is not None else model, heads, embedded,
-                                 frozen, images)
+        features = head_features(trained if frozen is not None else model, heads,
+                                 embedded_heads(model, heads), frozen, images)
         open_set = fit_rules(heads, val_probs, [targets["val"][h.output_name] for h in heads],
                              features, [targets["train"][h.output_name] for h in heads])
     test_result = evaluate_split(model, heads, images["test"], targets["test"])

@@ -12,7 +12,8 @@ from collections.abc import Sequence
 import keras
 
 from fashionnet.errors import FashionNetError
-from fashionnet.open_set import embedding_name
+from fashionnet.heads import HeadSpec
+from fashionnet.open_set import MAX_EMBEDDING, default_score, embedding_name
 
 
 def embedding_width(model: keras.Model, head: str) -> int | None:
@@ -22,6 +23,13 @@ def embedding_width(model: keras.Model, head: str) -> int | None:
     except ValueError:
         return None
     return int(layer.input.shape[-1])
+
+
+def embedded_heads(model: keras.Model, heads: Sequence[HeadSpec]) -> list[str]:
+    """The heads whose out-of-set rule reads their features (`default_score` ``embedding``),
+    where the model has them and they are narrow enough for labels.json."""
+    return [h.name for h in heads if default_score(h) == "embedding"
+            and 0 < (embedding_width(model, h.name) or 0) <= MAX_EMBEDDING]
 
 
 def with_embeddings(model: keras.Model, heads: Sequence[str]) -> keras.Model:
