@@ -333,3 +333,25 @@ def test_calibrate_remakes_the_int8_model_that_reads_the_features(two_colour_bun
     int8 = load(copy, precision="int8")
     green = int8.predict_files(_paths(two_colour_dataset["other"] / "green_dress"))
     assert int8.precision == "int8" and _colour_unknown(green) >= 0.5
+
+
+def test_calibrate_refuses_in_one_line(two_colour_bundle, two_colour_dataset, tmp_path, capsys):
+    """No model.keras, or a dataset the bundle was not trained on: exit 2, one line, and
+    labels.json untouched."""
+    from fashionnet.cli import main
+
+    copy = tmp_path / "bundle"
+    shutil.copytree(two_colour_bundle.bundle.path, copy)
+    before = (copy / "labels.json").read_bytes()
+    other = two_colour_dataset["other"]
+    assert main(["calibrate", "--model", str(copy), "--dataset", str(other)]) == 2
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "split" in errors[0] and "Traceback" not in err
+    (copy / "model.keras").unlink()
+    assert main(["calibrate", "--model", str(copy), "--dataset",
+                 str(two_colour_dataset["train"])]) == 2
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "model.keras: missing" in errors[0] and "Traceback" not in err
+    assert (copy / "labels.json").read_bytes() == before
