@@ -157,6 +157,40 @@ def test_run_uses_the_calling_thread_when_the_model_is_idle_and_queues_when_busy
         batcher.close(wait=1)
 
 
+def test_a_call_with_the_model_to_itself_goes_to_infer_alone_and_side_by_side_calls_do_not():
+    """Two workers: a lone request runs on ``infer_alone`` (every core); while one call runs,
+    or another request is being decoded, a call runs on ``infer`` (one thread each); each
+    gets its own answer."""
+    used: list[tuple[str, float]] = []
+    gate = threading.Event()
+
+    def model(kind):
+        def infer(images):
+            used.append((kind, float(images.mean())))
+            if images[0, 0, 0, 0] == 1:
+                gate.wait(5)
+            return [float(x.mean()) for x in images]
+        return infer
+
+    batcher = Batcher(model("shared"), infer_alone=model("alone"), max_batch=8, workers=2)
+    try:
+        assert batcher.reserve().run(np.full((1, 2, 2, 3), 2, np.uint8)).result(5) == [2.0]
+        holder = batcher.reserve().submit(np.ones((1, 2, 2, 3), np.uint8))  # alone, held
+        time.sleep(0.05)
+        beside = batcher.reserve().run(np.full((1, 2, 2, 3), 3, np.uint8))
+        assert beside.result(5) == [3.0]  # ran inline beside the held call
+        gate.set()
+        assert holder.result(5) == [1.0]
+        decoding = batcher.reserve()  # another request on its way: not alone any more
+        assert batcher.reserve().run(np.full((1, 2, 2, 3), 4, np.uint8)).result(5) == [4.0]
+        decoding.cancel()
+        assert used == [("alone", 2.0), ("alone", 1.0), ("shared", 3.0), ("shared", 4.0)]
+        assert batcher.stats()["alone"] == 2 and batcher.taken == 0
+    finally:
+        gate.set()
+        batcher.close(wait=1)
+
+
 def test_a_failing_model_fails_its_batch_and_frees_every_place():
     def broken(images):
         raise RuntimeError("boom")
@@ -202,7 +236,8 @@ def test_concurrent_http_requests_through_the_batcher_get_their_own_answers(ship
 
     from fashionnet.server.app import create_app
 
-    app = create_app(shipped, access_log_enabled=False, model_batch=8)
+    app = create_app(shipped, access_log_enabled=False, model_batch=8,
+                     model_workers=1)  # one model thread: requests queue and share calls
     rng = np.random.default_rng(1)
     colours = [tuple(int(c) for c in rng.integers(0, 256, 3)) for _ in range(24)]
     images = [_jpeg(c) for c in colours]
@@ -264,7 +299,8 @@ def test_a_timeout_while_batched_does_not_leave_a_slot_taken(shipped):
 
     from fashionnet.server.app import create_app
 
-    app = create_app(shipped, access_log_enabled=False, request_timeout=0.3)
+    app = create_app(shipped, access_log_enabled=False, request_timeout=0.3,
+                     model_workers=1)  # the one model thread hangs: the request waits
     batcher = app.state.batcher
     gate = threading.Event()
     real = batcher.infer
@@ -286,3 +322,34 @@ def test_a_timeout_while_batched_does_not_leave_a_slot_taken(shipped):
     r = client.post("/v1/predict", content=_jpeg((0, 0, 200)),
                     headers={"content-type": "image/jpeg"})
     assert r.status_code == 200
+
+
+def test_one_thread_model_workers_get_a_second_session_with_every_core_for_lone_calls():
+    """--model-workers 2 --model-threads 1: side-by-side calls run on one-thread sessions, a
+    lone call on a second session with --lone-threads threads; both answer the same."""
+    pytest.importorskip("onnxruntime")
+    from starlette.testclient import TestClient
+
+    from fashionnet.default_model import default_model_path
+    from fashionnet.server.app import create_app
+
+    app = create_app(default_model_path(), access_log_enabled=False, model_workers=2,
+                     model_threads=1, lone_threads=2)
+    batcher = app.state.batcher
+    assert app.state.predictor.runner.threads == 1
+    lone = batcher.infer_alone.__self__
+    assert lone is not app.state.predictor and lone.runner.threads == 2
+    image = app.state.predictor.decode(_jpeg((200, 30, 40)))[None]
+    shared, alone = batcher.infer(image)[0].to_dict(), batcher.infer_alone(image)[0].to_dict()
+    for head, answer in shared["heads"].items():
+        assert alone["heads"][head]["label"] == answer["label"]
+        assert alone["heads"][head]["probabilities"] == pytest.approx(
+            answer["probabilities"], abs=1e-5)
+    with TestClient(app) as client:
+        r = client.post("/v1/predict", files={"file": ("a.jpg", _jpeg((200, 30, 40)))})
+        assert r.status_code == 200, r.text
+        assert client.get("/v1/stats").json()["batcher"]["alone"] >= 1
+    # one thread per call everywhere: no second session
+    same = create_app(default_model_path(), access_log_enabled=False, model_workers=2,
+                      model_threads=1, lone_threads=1)
+    assert same.state.batcher.infer_alone is None

@@ -491,9 +491,8 @@ def cmd_serve(args) -> int:
     if not math.isfinite(args.max_batch_delay_ms) or not 0 <= args.max_batch_delay_ms <= 1000:
         raise FashionNetError(f"--max-batch-delay-ms must be from 0 to 1000, not "
                               f"{args.max_batch_delay_ms}")
-    if args.model_workers < 1:
-        raise FashionNetError(f"--model-workers must be at least 1, not {args.model_workers}")
-    for name in ("workers", "queue", "batch_queue", "model_threads"):
+    for name in ("workers", "queue", "batch_queue", "model_workers", "model_threads",
+                 "lone_threads"):
         if getattr(args, name) < 0:
             raise FashionNetError(f"--{name} must be 0 (automatic) or more, not "
                                   f"{getattr(args, name)}")
@@ -507,6 +506,7 @@ def cmd_serve(args) -> int:
           header_timeout=args.header_timeout, model_batch=args.model_batch,
           max_batch_delay_ms=args.max_batch_delay_ms,
           batch_queue=args.batch_queue, model_threads=args.model_threads,
+          lone_threads=args.lone_threads,
           model_workers=args.model_workers,
           precision=args.precision, abstain=not args.no_abstain,
           backend=args.backend, access_log_enabled=not args.no_access_log)
@@ -789,11 +789,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-queue", type=int, default=0, metavar="N",
                    help="images waiting for the model before 503 (default: 4 model batches, "
                         "at least 32 per decode worker)")
-    p.add_argument("--model-workers", type=int, default=1, metavar="N",
-                   help="model threads, each running its own batch")
+    p.add_argument("--model-workers", type=int, default=0, metavar="N",
+                   help="model threads, each running its own batch (default: one per CPU "
+                        "core, each call on one core; a lone request gets every core, see "
+                        "--lone-threads)")
     p.add_argument("--model-threads", type=int, default=0, metavar="N",
                    help="ONNX Runtime threads per model call (default: CPU cores / "
                         "--model-workers)")
+    p.add_argument("--lone-threads", type=int, default=0, metavar="N",
+                   help="ONNX Runtime threads for a model call with the model to itself (no "
+                        "other running or queued), on a second session when more than "
+                        "--model-threads (default: CPU cores)")
     p.add_argument("--precision", choices=["auto", "fp32", "int8"], default="auto",
                    help="fp32: model.onnx; int8: model.int8.onnx (`fashionnet export MODEL "
                         "--int8`); auto: int8 when the bundle has it, else fp32")

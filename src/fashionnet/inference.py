@@ -14,6 +14,7 @@ TensorFlow import), else the Keras model.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from collections import deque
 from collections.abc import Iterator, Sequence
@@ -255,6 +256,16 @@ class Predictor:
                     f"{self.bundle.path / 'labels.json'}: field 'heads[{i}].kind' says "
                     f"{head.kind!r} but the model's {head.output_name!r} is "
                     f"{'a softmax (single-label)' if softmax else 'sigmoids (multi-label)'}")
+
+    def with_threads(self, threads: int) -> Predictor:
+        """The same predictor on its own ONNX Runtime session with ``threads`` threads (a
+        server runs a call that has the machine to itself on every core, the rest on one
+        each). The Keras backend has no per-session threads: itself."""
+        if not isinstance(self.runner, OnnxRunner) or self.runner.threads == threads:
+            return self
+        twin = copy.copy(self)
+        twin.runner = self.runner.with_threads(threads)
+        return twin
 
     @property
     def backend(self) -> str:

@@ -97,7 +97,9 @@ class OnnxRunner:
         import onnxruntime as ort
 
         check_regular_file(path, "ONNX model file")
+        self.path, self.spin = path, spin
         options = session_options(threads, spin)
+        self.threads = options.intra_op_num_threads
         try:
             self.session = ort.InferenceSession(str(path), options,
                                                 providers=["CPUExecutionProvider"])
@@ -119,6 +121,10 @@ class OnnxRunner:
 
     def __call__(self, batch: np.ndarray) -> list[np.ndarray]:
         return self.session.run(self.outputs, {self.input: batch.astype(np.float32)})
+
+    def with_threads(self, threads: int) -> OnnxRunner:
+        """A second session on the same file and outputs with another thread count."""
+        return OnnxRunner(self.path, self.outputs, threads=threads, spin=self.spin)
 
 
 def cores() -> int:

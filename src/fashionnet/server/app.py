@@ -78,18 +78,24 @@ class ServerLimits:
     max_batch_delay_ms: float = 2.0        # wait for images being decoded; 0: never wait
     batch_queue: int = 0                   # images queued for the model; 0: 4 model batches,
                                            # and at least the request queue
-    model_workers: int = 1                 # model threads, each running its own batch
+    model_workers: int = 0                 # model threads, each running its own batch; 0:
+                                           # one per core (measured: load_test_model_workers)
     model_threads: int = 0                 # ONNX Runtime threads per call; 0: cores / workers
+    lone_threads: int = 0                  # threads for a call with the model to itself (no
+                                           # other running or queued); 0: every core
 
     def resolved(self) -> ServerLimits:
         cores = _cores()
         workers = self.workers or cores
+        model_workers = self.model_workers or cores
         return dataclasses.replace(
             self, workers=workers, queue=self.queue or 32 * workers,
             # small model batches must not make the model's queue shorter than the requests
             # the decode pool admits: 32 clients would get 503s at --model-batch 4
             batch_queue=self.batch_queue or max(4 * self.model_batch, 32 * workers),
-            model_threads=self.model_threads or max(1, cores // self.model_workers))
+            model_workers=model_workers,
+            model_threads=self.model_threads or max(1, cores // model_workers),
+            lone_threads=self.lone_threads or cores)
 
     def public(self) -> dict:
         return dataclasses.asdict(self)
@@ -196,8 +202,15 @@ def create_app(model: str | Path | Predictor, *, max_bytes: int = 10_000_000,
         with model_lock:
             return predictor.predict_arrays(images)
 
+    # Several model workers of one thread each run a busy server's calls side by side; a
+    # call with the model to itself (the lone client) runs on a second session that has
+    # every core, so it is not slowed to one thread (ONNX only; the same session otherwise).
+    alone = (predictor.with_threads(limits.lone_threads)
+             if model_lock is None and limits.lone_threads > limits.model_threads
+             else predictor)
     batcher = Batcher(infer, max_batch=limits.model_batch, workers=limits.model_workers,
-                      max_delay=limits.max_batch_delay_ms / 1000, capacity=limits.batch_queue)
+                      max_delay=limits.max_batch_delay_ms / 1000, capacity=limits.batch_queue,
+                      infer_alone=None if alone is predictor else alone.predict_arrays)
     budget = ByteBudget(limits.max_buffered_bytes)
     app = FastAPI(title="FashionNet", version="0.1.0", docs_url=None, redoc_url=None,
                   description="Multi-output image classification: one label set per head.")

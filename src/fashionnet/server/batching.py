@@ -7,6 +7,10 @@ next call and share it. The knobs follow Triton's dynamic batcher and TF Serving
 - ``workers`` (Triton's model instances, TF ``num_batch_threads``): model threads, each
   running its own batch; an idle one takes a request at once;
 
+- ``infer_alone``: what runs a call that has the server to itself (no other request
+  decoding, queued or in the model), e.g. the same model with every core's threads: with several workers of
+  one thread each, a busy server runs calls side by side without the threads' hand-offs,
+  and the lone client still gets all the cores;
 - ``max_batch`` (Triton ``max_batch_size``, TF ``max_batch_size``): images per model call;
 - ``max_delay`` (Triton ``max_queue_delay_microseconds``, TF ``batch_timeout_micros``): how
   long a batch smaller than ``max_batch`` may wait for more images. Unlike both, the wait is
@@ -78,10 +82,12 @@ class Batcher:
 
     def __init__(self, infer: Callable[[np.ndarray], Sequence[Any]], *, max_batch: int = 32,
                  max_delay: float = 0.002, capacity: int = 128, workers: int = 1,
+                 infer_alone: Callable[[np.ndarray], Sequence[Any]] | None = None,
                  name: str = "fashionnet-model"):
         if max_batch < 1 or capacity < 1 or max_delay < 0 or workers < 1:
             raise ValueError("max_batch, capacity and workers must be >= 1, max_delay >= 0")
         self.infer = infer
+        self.infer_alone = infer_alone  # None: ``infer``
         self.max_batch = max_batch
         self.max_delay = max_delay
         self.capacity = max(capacity, max_batch)
@@ -91,6 +97,7 @@ class Batcher:
         self.running = 0     # model calls in progress (at most ``workers``)
         self.batches = 0     # model calls so far
         self.images_run = 0  # images through the model so far
+        self.alone = 0       # model calls that had the model to themselves
         self._queue: deque[Slot] = deque()
         self._cond = threading.Condition()
         self._closed = False
@@ -163,6 +170,7 @@ class Batcher:
                 return False
             if slot.state != "reserved":
                 raise RuntimeError(f"slot already {slot.state}")
+            alone = self.taken == slot.rows  # nothing else reserved, queued or running
             self.running += 1
             self.reserved -= slot.rows
             if len(images) != slot.rows:
@@ -170,12 +178,12 @@ class Batcher:
                 slot.rows = len(images)
             slot.images = images
             slot.state = "running"
-        self._run([slot])
+        self._run([slot], alone)
         return True
 
-    def _take(self) -> list[Slot] | None:
-        """With the lock held: wait for work and a free worker, then the next batch (None
-        once closed)."""
+    def _take(self) -> tuple[list[Slot], bool] | None:
+        """With the lock held: wait for work and a free worker, then the next batch and
+        whether it runs alone (None once closed)."""
         while not self._queue or self.running >= self.workers:
             if self._closed and not self._queue:
                 return None
@@ -199,22 +207,24 @@ class Batcher:
             if now >= deadline:
                 break
             self._cond.wait(deadline - now)
-        return batch
+        return batch, self.taken == rows  # nothing else reserved, queued or running
 
     def _loop(self) -> None:
         while True:
             with self._cond:
-                batch = self._take()
-            if batch is None:
+                taken = self._take()
+            if taken is None:
                 return
-            self._run(batch)
+            self._run(*taken)
 
-    def _run(self, batch: list[Slot]) -> None:
-        """One model call for ``batch`` (its slots running, one worker counted)."""
+    def _run(self, batch: list[Slot], alone: bool = False) -> None:
+        """One model call for ``batch`` (its slots running, one worker counted); ``alone``:
+        no other request was in the batcher when it started (`infer_alone` runs it)."""
         images = batch[0].images if len(batch) == 1 else np.concatenate(
             [s.images for s in batch])
         try:
-            results = list(self.infer(images))
+            infer = self.infer_alone if alone and self.infer_alone else self.infer
+            results = list(infer(images))
             if len(results) != len(images):
                 raise RuntimeError(f"the model answered {len(results)} results for "
                                    f"{len(images)} images")
@@ -224,6 +234,7 @@ class Batcher:
         with self._cond:
             self.running -= 1
             self.batches += 1
+            self.alone += alone
             self.images_run += len(images)
             for slot in batch:
                 self._free(slot, "done")
@@ -263,6 +274,7 @@ class Batcher:
                     "max_delay_ms": 1000 * self.max_delay,
                     "capacity": self.capacity, "taken": self.taken, "queued":
                     sum(s.rows for s in self._queue), "batches": self.batches,
+                    "alone": self.alone,
                     "images": self.images_run,
                     "mean_batch": round(self.images_run / self.batches, 2) if self.batches
                     else 0.0}
