@@ -291,7 +291,7 @@ def serving(args) -> int:
     load_out = ROOT / "results" / "current" / f"load_test{suffix}"
     command = [sys.executable, str(ROOT / "benchmarks" / "load_test.py"), "--rounds",
                str(args.repeats), "--seconds", "6", "--shutdown", "--out", str(load_out)]
-    for config in args.server_args or ["", "--model-workers 2 --model-threads 1"]:
+    for config in args.server_args or ["", "--model-workers 1"]:
         command += ["--server-args", config]
     if args.model:
         command += ["--model", str(args.model)]
@@ -346,7 +346,7 @@ def main() -> int:
     parser.add_argument("--server-args", action="append",
                         help="with --only serving: `fashionnet serve` options of one server "
                              "configuration (repeat it; default: the defaults, and "
-                             "'--model-workers 2 --model-threads 1')")
+                             "'--model-workers 1', the defaults until 2026-12-05)")
     args = parser.parse_args()
     if args.only == "serving":
         return serving(args)
