@@ -319,7 +319,8 @@ def test_nan_on_the_command_line_is_one_line(photos, tmp_path, capsys):
 
 @pytest.mark.parametrize("flag,value", [("--request-timeout", "nan"), ("--read-timeout", "inf"),
                                         ("--upload-timeout", "nan"), ("--workers", "-1"),
-                                        ("--queue", "-3"), ("--port", "70000")])
+                                        ("--queue", "-3"), ("--port", "70000"),
+                                        ("--model-workers", "-2"), ("--lone-threads", "-1")])
 def test_serve_refuses_bad_numbers_in_one_line(capsys, flag, value):
     pytest.importorskip("fastapi")
     code, _, err = run_cli(capsys, "serve", flag, value)
