@@ -38,6 +38,11 @@ C_GRID = (0.01, 0.1, 1.0)
 
 def load(dataset: Path):
     """Records, heads and near-duplicate groups, as the study's training run finds them."""
+    return load_with_images(dataset)[:3]
+
+
+def load_with_images(dataset: Path):
+    """`load`, and the images decoded at the network's input size (the groups' source)."""
     from fashionnet.config import ARCHITECTURE_DEFAULTS
     from fashionnet.data.images import decode_many
     from fashionnet.data.sources import read_folders
@@ -50,7 +55,7 @@ def load(dataset: Path):
     records = [records[i] for i in decoded.kept]
     heads = [HeadSpec(name, sorted({r.labels[name] for r in records}))
              for name in ("color", "category")]
-    return records, heads, duplicate_groups(decoded.images)
+    return records, heads, duplicate_groups(decoded.images), decoded.images
 
 
 def timing(sizes: list[int], batch: int = 64, rounds: int = 5) -> dict:

@@ -49,19 +49,12 @@ REFERENCE = {"apparel": ("results/backbone/training_apparel.json", ("folds",)),
 
 def load(dataset: Path):
     """Records, heads, near-duplicate groups and 64 px images, as the study finds them."""
-    from fashionnet.config import ARCHITECTURE_DEFAULTS
-    from fashionnet.data.images import decode_many
-    from fashionnet.data.sources import read_folders
-    from fashionnet.data.splits import duplicate_groups
-    from fashionnet.heads import HeadSpec
+    import sys
 
-    records = read_folders(dataset)
-    size = ARCHITECTURE_DEFAULTS["disentangled"]["input_size"]
-    decoded = decode_many([r.path for r in records], size, progress=False)
-    records = [records[i] for i in decoded.kept]
-    heads = [HeadSpec(name, sorted({r.labels[name] for r in records}))
-             for name in ("color", "category")]
-    return records, heads, duplicate_groups(decoded.images), decoded.images
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from backbone_study import load_with_images
+
+    return load_with_images(dataset)
 
 
 def colour_stats(images: np.ndarray, bins: int = 4) -> np.ndarray:
