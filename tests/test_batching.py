@@ -236,8 +236,8 @@ def test_concurrent_http_requests_through_the_batcher_get_their_own_answers(ship
 
     from fashionnet.server.app import create_app
 
-    app = create_app(shipped, access_log_enabled=False, model_batch=8,
-                     model_workers=1)  # one model thread: requests queue and share calls
+    app = create_app(shipped, access_log_enabled=False, model_batch=8, model_workers=1,
+                     lone_threads=1)  # one model thread, one session: requests share calls
     rng = np.random.default_rng(1)
     colours = [tuple(int(c) for c in rng.integers(0, 256, 3)) for _ in range(24)]
     images = [_jpeg(c) for c in colours]
@@ -300,7 +300,7 @@ def test_a_timeout_while_batched_does_not_leave_a_slot_taken(shipped):
     from fashionnet.server.app import create_app
 
     app = create_app(shipped, access_log_enabled=False, request_timeout=0.3,
-                     model_workers=1)  # the one model thread hangs: the request waits
+                     model_workers=1, lone_threads=1)  # the one model thread hangs
     batcher = app.state.batcher
     gate = threading.Event()
     real = batcher.infer
@@ -326,7 +326,8 @@ def test_a_timeout_while_batched_does_not_leave_a_slot_taken(shipped):
 
 def test_one_thread_model_workers_get_a_second_session_with_every_core_for_lone_calls():
     """--model-workers 2 --model-threads 1: side-by-side calls run on one-thread sessions, a
-    lone call on a second session with --lone-threads threads; both answer the same."""
+    lone call on a second session with --lone-threads threads that spin within a call; both
+    answer the same; --lone-threads 1: no second session."""
     pytest.importorskip("onnxruntime")
     from starlette.testclient import TestClient
 
@@ -338,7 +339,7 @@ def test_one_thread_model_workers_get_a_second_session_with_every_core_for_lone_
     batcher = app.state.batcher
     assert app.state.predictor.runner.threads == 1
     lone = batcher.infer_alone.__self__
-    assert lone is not app.state.predictor and lone.runner.threads == 2
+    assert lone is not app.state.predictor and lone.runner.threads == 2 and lone.runner.spin
     image = app.state.predictor.decode(_jpeg((200, 30, 40)))[None]
     shared, alone = batcher.infer(image)[0].to_dict(), batcher.infer_alone(image)[0].to_dict()
     for head, answer in shared["heads"].items():
@@ -349,7 +350,7 @@ def test_one_thread_model_workers_get_a_second_session_with_every_core_for_lone_
         r = client.post("/v1/predict", files={"file": ("a.jpg", _jpeg((200, 30, 40)))})
         assert r.status_code == 200, r.text
         assert client.get("/v1/stats").json()["batcher"]["alone"] >= 1
-    # one thread per call everywhere: no second session
+    # --lone-threads 1: no second session
     same = create_app(default_model_path(), access_log_enabled=False, model_workers=2,
                       model_threads=1, lone_threads=1)
     assert same.state.batcher.infer_alone is None

@@ -797,9 +797,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="ONNX Runtime threads per model call (default: CPU cores / "
                         "--model-workers)")
     p.add_argument("--lone-threads", type=int, default=0, metavar="N",
-                   help="ONNX Runtime threads for a model call with the model to itself (no "
-                        "other running or queued), on a second session when more than "
-                        "--model-threads (default: CPU cores)")
+                   help="ONNX Runtime threads for a request with the server to itself (no "
+                        "other decoding, queued or running), on a second session whose "
+                        "threads spin within a call (default: CPU cores; 1: no second session)")
     p.add_argument("--precision", choices=["auto", "fp32", "int8"], default="auto",
                    help="fp32: model.onnx; int8: model.int8.onnx (`fashionnet export MODEL "
                         "--int8`); auto: int8 when the bundle has it, else fp32")

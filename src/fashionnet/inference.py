@@ -257,14 +257,15 @@ class Predictor:
                     f"{head.kind!r} but the model's {head.output_name!r} is "
                     f"{'a softmax (single-label)' if softmax else 'sigmoids (multi-label)'}")
 
-    def with_threads(self, threads: int) -> Predictor:
+    def with_threads(self, threads: int, spin: bool = False) -> Predictor:
         """The same predictor on its own ONNX Runtime session with ``threads`` threads (a
         server runs a call that has the machine to itself on every core, the rest on one
         each). The Keras backend has no per-session threads: itself."""
-        if not isinstance(self.runner, OnnxRunner) or self.runner.threads == threads:
+        if not isinstance(self.runner, OnnxRunner) or (
+                self.runner.threads == threads and self.runner.spin == spin):
             return self
         twin = copy.copy(self)
-        twin.runner = self.runner.with_threads(threads)
+        twin.runner = self.runner.with_threads(threads, spin)
         return twin
 
     @property
