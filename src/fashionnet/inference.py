@@ -258,9 +258,10 @@ class Predictor:
                     f"{'a softmax (single-label)' if softmax else 'sigmoids (multi-label)'}")
 
     def with_threads(self, threads: int, spin: bool = False) -> Predictor:
-        """The same predictor on its own ONNX Runtime session with ``threads`` threads (a
-        server runs a call that has the machine to itself on every core, the rest on one
-        each). The Keras backend has no per-session threads: itself."""
+        """The same predictor on its own ONNX Runtime session with ``threads`` threads, which
+        spin within a call if ``spin`` (a server runs a request that has the machine to itself
+        on every core, the rest on one each). The Keras backend has no per-session threads:
+        itself."""
         if not isinstance(self.runner, OnnxRunner) or (
                 self.runner.threads == threads and self.runner.spin == spin):
             return self
