@@ -43,13 +43,18 @@ def load(dataset: Path):
 
 def load_with_images(dataset: Path):
     """`load`, and the images decoded at the network's input size (the groups' source)."""
+    from fashionnet.data.sources import read_folders
+
+    return study_inputs(read_folders(dataset))
+
+
+def study_inputs(records: list):
+    """The readable ``records``, heads, near-duplicate groups and images at the input size."""
     from fashionnet.config import ARCHITECTURE_DEFAULTS
     from fashionnet.data.images import decode_many
-    from fashionnet.data.sources import read_folders
     from fashionnet.data.splits import duplicate_groups
     from fashionnet.heads import HeadSpec
 
-    records = read_folders(dataset)
     size = ARCHITECTURE_DEFAULTS["disentangled"]["input_size"]
     decoded = decode_many([r.path for r in records], size, progress=False)
     records = [records[i] for i in decoded.kept]

@@ -66,15 +66,17 @@ SIZE = 224
 
 
 def load(dataset: Path, limit: int | None = None):
-    """Records, heads and near-duplicate groups, as backbone_study.load finds them."""
-    from fashionnet.config import ARCHITECTURE_DEFAULTS
-    from fashionnet.data.images import decode_many
+    """Records, heads and near-duplicate groups, as `benchmarks/backbone_study.py` finds them;
+    ``limit``: only the first ``limit`` images of each folder (smoke tests)."""
+    import sys
+
     from fashionnet.data.sources import read_folders
-    from fashionnet.data.splits import duplicate_groups
-    from fashionnet.heads import HeadSpec
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from backbone_study import study_inputs
 
     records = read_folders(dataset)
-    if limit:  # smoke tests: the first ``limit`` images of each folder
+    if limit:
         seen: Counter = Counter()
         kept = []
         for r in records:
@@ -83,12 +85,7 @@ def load(dataset: Path, limit: int | None = None):
                 kept.append(r)
                 seen[key] += 1
         records = kept
-    size = ARCHITECTURE_DEFAULTS["disentangled"]["input_size"]
-    decoded = decode_many([r.path for r in records], size, progress=False)
-    records = [records[i] for i in decoded.kept]
-    heads = [HeadSpec(name, sorted({r.labels[name] for r in records}))
-             for name in ("color", "category")]
-    return records, heads, duplicate_groups(decoded.images)
+    return study_inputs(records)[:3]
 
 
 def blocks():
