@@ -522,7 +522,7 @@ def serve(model: str | Path, host: str = "127.0.0.1", port: int = 8000, *,
     app = create_app(model, access_log_enabled=access_log_enabled, **options)
     # What start-up made (the model, FastAPI's routes and schemas) lives as long as the
     # server: out of the collector's sight, full collections under load stop rescanning it
-    # (measured: 16 clients p99 105.6 -> 94.6 ms, results/current/load_test_model_workers.md).
+    # (measured: 16 clients p99 105.6 -> 94.6 ms, results/current/load_test_gc_freeze.md).
     gc.collect()
     gc.freeze()
     if not logging.getLogger("fashionnet").handlers:
@@ -531,7 +531,9 @@ def serve(model: str | Path, host: str = "127.0.0.1", port: int = 8000, *,
     limits = app.state.limits
     print(f"serving {model} ({app.state.predictor.backend}, "
           f"{app.state.predictor.precision}) on http://{host}:{port}/ "
-          f"({limits.workers} decode workers, queue {limits.queue}; model batches of up to "
+          f"({limits.workers} decode workers, queue {limits.queue}; {limits.model_workers} "
+          f"model workers of {limits.model_threads} thread(s), a lone request on "
+          f"{max(limits.lone_threads, limits.model_threads)}; model batches of up to "
           f"{limits.model_batch}, wait {limits.max_batch_delay_ms:g} ms, queue "
           f"{limits.batch_queue} images; max {limits.max_pixels} pixels)", flush=True)
     # On SIGTERM uvicorn stops accepting, answers the requests in flight and closes idle

@@ -6,11 +6,10 @@ next call and share it. The knobs follow Triton's dynamic batcher and TF Serving
 
 - ``workers`` (Triton's model instances, TF ``num_batch_threads``): model threads, each
   running its own batch; an idle one takes a request at once;
-
 - ``infer_alone``: what runs a call that has the server to itself (no other request
-  decoding, queued or in the model), e.g. the same model with every core's threads: with several workers of
-  one thread each, a busy server runs calls side by side without the threads' hand-offs,
-  and the lone client still gets all the cores;
+  decoding, queued or in the model), e.g. the same model on every core: with several
+  workers of one thread each, a busy server runs calls side by side without the threads'
+  hand-offs, and the lone client still gets all the cores;
 - ``max_batch`` (Triton ``max_batch_size``, TF ``max_batch_size``): images per model call;
 - ``max_delay`` (Triton ``max_queue_delay_microseconds``, TF ``batch_timeout_micros``): how
   long a batch smaller than ``max_batch`` may wait for more images. Unlike both, the wait is
@@ -97,7 +96,7 @@ class Batcher:
         self.running = 0     # model calls in progress (at most ``workers``)
         self.batches = 0     # model calls so far
         self.images_run = 0  # images through the model so far
-        self.alone = 0       # model calls that had the model to themselves
+        self.alone = 0       # model calls that had the server to themselves
         self._queue: deque[Slot] = deque()
         self._cond = threading.Condition()
         self._closed = False
