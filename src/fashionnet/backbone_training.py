@@ -87,7 +87,7 @@ class _LazyLite0:
         return self.model.predict(pixels, batch_size=self.batch_size, verbose=0)
 
 
-def require_weights(config: TrainConfig) -> None:
+def require_weights() -> None:
     """The backbone's weights are installed, or a one-line error that says how to get them
     and that ``--backbone scratch`` trains without them; never a silent fallback."""
     from fashionnet.model.efficientnet_lite import weights_file
@@ -116,7 +116,7 @@ def attach(data: Dataset, config: TrainConfig, progress: bool = True) -> Dataset
     from fashionnet.model.feature_cache import extract_features
 
     check_config(config)
-    require_weights(config)
+    require_weights()
     backbone = lite0_features_backbone()
     if config.dedupe and data.groups is None:
         data.groups = duplicate_groups(data.images)  # the scratch run's split, exactly

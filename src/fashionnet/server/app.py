@@ -29,7 +29,6 @@ import asyncio
 import dataclasses
 import gc
 import logging
-import os
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -48,6 +47,7 @@ from starlette.staticfiles import StaticFiles
 from fashionnet.data.images import SERVICE_MAX_PIXELS, ImageDecodeError, ImageTooLargeError
 from fashionnet.errors import FashionNetError
 from fashionnet.inference import Predictor, load
+from fashionnet.runtime.runners import cores as cpu_cores
 from fashionnet.server.batching import Batcher, BatcherClosed, BatcherFull
 from fashionnet.server.uploads import ByteBudget, Reader, UploadError, read_multipart, read_raw
 
@@ -86,7 +86,7 @@ class ServerLimits:
                                            # spinning within a call; 0: every core; 1: off
 
     def resolved(self) -> ServerLimits:
-        cores = _cores()
+        cores = cpu_cores()
         workers = self.workers or cores
         model_workers = self.model_workers or cores
         return dataclasses.replace(
@@ -160,11 +160,6 @@ class WorkerPool:
 def _too_slow(limit: float) -> ApiError:
     return ApiError(503, f"the request took longer than the limit of {limit:g} s; retry later",
                     retry_after=5)
-
-
-def _cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (
-        os.cpu_count() or 1)
 
 
 def create_app(model: str | Path | Predictor, *, max_bytes: int = 10_000_000,
