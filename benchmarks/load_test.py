@@ -566,7 +566,9 @@ def render(result: dict, levels: list[int]) -> str:
 
 
 def _cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    from fashionnet.runtime.runners import cores
+
+    return cores()
 
 
 if __name__ == "__main__":
