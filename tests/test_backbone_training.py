@@ -207,3 +207,95 @@ def test_backbone_training_bundle(tiny_dataset, tmp_path):
     assert reloaded.backbone.computed == 0
     np.testing.assert_array_equal(reloaded.backbone.features["mirror"],
                                   data.backbone.features["mirror"])
+
+
+def test_category_attention_needs_a_pretrained_backbone():
+    from fashionnet.config import TrainConfig
+
+    assert TrainConfig().category_attention is False
+    with pytest.raises(FashionNetError, match="category_attention reads a pretrained"):
+        TrainConfig(backbone="scratch", category_attention=True)
+
+
+def test_class_maps_mean_is_the_category_logits_and_gate_the_colour_pooling():
+    """The colour head's class map is the category head's dense layer on each cell: its mean
+    over cells is the category logits (pooling is linear), and the colour loss cannot reach
+    the category head through it."""
+    import keras
+
+    from fashionnet.heads import HeadSpec
+    from fashionnet.model.backbone_net import build_training_model
+
+    heads = [HeadSpec("color", ["black", "red", "blue"], branch="color"),
+             HeadSpec("category", ["dress", "shoes"])]
+    model = build_training_model(heads, 16, 8, map_shape=(3, 3, 8))
+    assert {t.name for t in model.inputs} == {"image", "features", "feature_map"}
+    rng = np.random.default_rng(0)
+    fmap = rng.normal(size=(4, 3, 3, 8)).astype(np.float32)
+    kernel, bias = model.get_layer("category_logits").get_weights()
+    cells = fmap @ kernel + bias
+    np.testing.assert_allclose(cells.mean(axis=(1, 2)), fmap.mean(axis=(1, 2)) @ kernel + bias,
+                               rtol=1e-5, atol=1e-5)
+    gain = model.get_layer("color_category_attention")
+    assert not np.any(gain.get_weights()[0])  # starts as the map-free head
+    inputs = {"image": keras.ops.convert_to_tensor(rng.uniform(size=(4, 16, 16, 3))
+                                                   .astype(np.float32)),
+              "features": keras.ops.convert_to_tensor(fmap.mean(axis=(1, 2))),
+              "feature_map": keras.ops.convert_to_tensor(fmap)}
+    import tensorflow as tf
+
+    gain.set_weights([np.ones_like(gain.get_weights()[0]), gain.get_weights()[1]])
+    dense = model.get_layer("category_logits")
+    with tf.GradientTape() as tape:
+        color = model(inputs, training=False)[0]
+        loss = keras.ops.sum(color[:, 0])
+    grads = tape.gradient(loss, dense.trainable_weights)
+    assert all(g is None or not np.any(keras.ops.convert_to_numpy(g)) for g in grads)
+    # With a gain, the map moves the colour answer: the pooling depends on it.
+    moved = dict(inputs, feature_map=keras.ops.convert_to_tensor(fmap[:, ::-1, ::-1]))
+    assert not np.allclose(keras.ops.convert_to_numpy(model(moved, training=False)[0]),
+                           keras.ops.convert_to_numpy(color))
+
+
+@needs_weights
+def test_category_attention_bundle_matches_the_training_model(tiny_dataset, tmp_path):
+    """With ``category_attention`` the feature maps come from their own cache, and the shipped
+    224 px model (Lite0 inside, the class maps built from its own feature map) answers what
+    the training model answers on the cached maps."""
+    from fashionnet import TrainConfig, train
+    from fashionnet.backbone_training import FrozenBackbone, predict_inputs
+    from fashionnet.data.images import decode_image
+    from fashionnet.training import load_dataset
+
+    config = TrainConfig(dataset=str(tiny_dataset), epochs=2, input_size=32, batch_size=16,
+                         holdout=["red_shoes"], category_attention=True)
+    data = load_dataset(config, progress=False)
+    assert data.backbone.maps.shape == (len(data.records), 7, 7, 1280)
+    assert data.backbone.maps.dtype == np.float16
+    # The pooled features are the map's mean (float16 rounding apart).
+    np.testing.assert_allclose(data.backbone.maps.astype(np.float32).mean(axis=(1, 2)),
+                               data.backbone.features["plain"], atol=2e-2)
+    result = train(config, tmp_path / "run", verbose=0, data=data)
+    import fashionnet
+
+    predictor = fashionnet.load(result.bundle.path, backend="keras", calibrated=False)
+    shipped_model = predictor.runner.model
+    assert np.any(shipped_model.get_layer("color_category_attention").get_weights()[0])
+    rows = np.asarray(result.split.test[:8])
+    images = np.stack([decode_image(data.records[i].path, 224) for i in rows])
+    shipped = predictor.predict_probabilities(images, calibrated=False)
+    # The training model with the shipped heads' weights, on the cached maps and features.
+    frozen = FrozenBackbone(config, data, result.split)
+    trained = frozen.training_model(result.bundle.heads)
+    for layer in trained.layers:
+        if layer.weights:
+            layer.set_weights(shipped_model.get_layer(layer.name).get_weights())
+    probs = predict_inputs(trained, data.backbone.inputs(frozen.names, rows))
+    for a, b in zip(shipped, probs):
+        np.testing.assert_allclose(a, b, atol=5e-3)
+    # The ONNX export holds the same graph (`export` checks parity with Keras before writing).
+    pytest.importorskip("onnxruntime")
+    from fashionnet.runtime.export import LAST_PARITY, export
+
+    export(result.bundle.path)
+    assert max(LAST_PARITY.values()) < 1e-4

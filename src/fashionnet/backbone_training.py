@@ -57,6 +57,9 @@ from fashionnet.training import BestEpoch, Dataset, evaluate_split
 log = logging.getLogger("fashionnet")
 
 VIEWS = ("plain", "mirror")
+#: Cells of Lite0's last feature map at `BACKBONE_SIZE` (224 / 32 = 7 a side).
+MAP_SIDE = BACKBONE_SIZE // 32
+MAP_CELLS = MAP_SIDE * MAP_SIDE
 
 
 @dataclasses.dataclass
@@ -68,21 +71,34 @@ class BackboneData:
     features: dict[str, np.ndarray]  # view -> float32 (n, dims)
     computed: int  # images run through the backbone while loading (the rest: cache)
     seconds: float
+    #: float16 (n, 7, 7, dims): the plain view's feature map before pooling, for
+    #: ``category_attention`` (None without it)
+    maps: np.ndarray | None = None
+
+    def inputs(self, names: Sequence[str], rows: np.ndarray,
+               view: str = "plain") -> dict[str, np.ndarray]:
+        """The training model's inputs (`training_inputs` ``names``) for ``rows``."""
+        arrays = {"image": self.color_images, "features": self.features[view],
+                  "feature_map": self.maps}
+        return {name: arrays[name][rows] for name in names}
 
 
 class _LazyLite0:
     """Lite0 with its ImageNet weights, built on the first cache miss only."""
 
-    def __init__(self, batch_size: int = 32):
+    def __init__(self, batch_size: int = 32, feature_map: bool = False):
         self.model = None
         self.batch_size = batch_size
+        self.feature_map = feature_map  # the map before pooling, not the pooled features
         self.calls = 0
 
     def __call__(self, pixels: np.ndarray) -> np.ndarray:
-        from fashionnet.model.efficientnet_lite import pretrained_lite0
+        from fashionnet.model.efficientnet_lite import feature_map_model, pretrained_lite0
 
         if self.model is None:
             self.model = pretrained_lite0(BACKBONE_SIZE)
+            if self.feature_map:
+                self.model = feature_map_model(self.model)
         self.calls += 1
         return self.model.predict(pixels, batch_size=self.batch_size, verbose=0)
 
@@ -106,6 +122,15 @@ def lite0_features_backbone():
     return Backbone(NAME, WEIGHTS_SHA256, BACKBONE_SIZE, FEATURES, _LazyLite0())
 
 
+def lite0_map_backbone():
+    """Lite0's 7x7 feature map before pooling, flattened, kept as float16 (125 kB an image)."""
+    from fashionnet.model.efficientnet_lite import FEATURES, NAME, WEIGHTS_SHA256
+    from fashionnet.model.feature_cache import Backbone
+
+    return Backbone(f"{NAME}-map", WEIGHTS_SHA256, BACKBONE_SIZE, MAP_CELLS * FEATURES,
+                    _LazyLite0(feature_map=True), dtype="float16")
+
+
 def check_config(config: TrainConfig) -> None:
     """`TrainConfig.check_backbone` again: a config changed after it was built."""
     config.check_backbone()
@@ -125,6 +150,11 @@ def attach(data: Dataset, config: TrainConfig, progress: bool = True) -> Dataset
                           cache=config.cache)
     found = extract_features(paths, backbone, VIEWS, cache=config.cache, progress=progress)
     keep = np.intersect1d(decoded.kept, found.kept)
+    mapped = None
+    if config.category_attention:
+        mapped = extract_features(paths, lite0_map_backbone(), ("plain",), cache=config.cache,
+                                  progress=progress)
+        keep = np.intersect1d(keep, mapped.kept)
     if len(keep) == 0:
         raise FashionNetError(f"{config.dataset}: no image readable at {BACKBONE_SIZE} px")
     images = decoded.images[np.searchsorted(decoded.kept, keep)]
@@ -137,24 +167,34 @@ def attach(data: Dataset, config: TrainConfig, progress: bool = True) -> Dataset
             data.groups = data.groups[keep]
     log.info("%s features: %d images run through the backbone (%.0f s), %d from the cache",
              backbone.name, found.computed, found.seconds, len(keep) - found.computed)
+    if mapped is not None:
+        log.info("%s feature maps: %d images run through the backbone (%.0f s), %d from the "
+                 "cache", backbone.name, mapped.computed, mapped.seconds,
+                 len(keep) - mapped.computed)
     data.images = images
+    maps = None
+    if mapped is not None:
+        maps = mapped.views["plain"][np.searchsorted(mapped.kept, keep)].reshape(
+            len(keep), MAP_SIDE, MAP_SIDE, -1)
     data.backbone = BackboneData(backbone.name, resample_images(images, config.input_size),
-                                 features, found.computed, found.seconds)
+                                 features, found.computed, found.seconds, maps)
     return data
 
 
 class FeatureBatches(BatchSequence):
-    """Batches of ({image, features}, {output: targets}); training batches are reshuffled
-    every epoch, recoloured like a scratch run's (image and colour label only) and take each
-    image's features of a random view."""
+    """Batches of ({image, features[, feature_map]}, {output: targets}); training batches are
+    reshuffled every epoch, recoloured like a scratch run's (image and colour label only) and
+    take each image's features of a random view (the feature map, which places the colour
+    heads' pooling on the image as it is, stays the plain view's)."""
 
     def __init__(self, names: Sequence[str], images: np.ndarray,
                  features: dict[str, np.ndarray], targets: dict[str, np.ndarray],
                  batch_size: int = 32, shuffle: bool = False, augment: bool = False,
-                 seed: int = 0, recolor: Recoloring | None = None):
+                 seed: int = 0, recolor: Recoloring | None = None,
+                 maps: np.ndarray | None = None):
         super().__init__(images, targets, batch_size, shuffle=shuffle, augment=augment,
                          seed=seed, recolor=recolor)
-        self.names, self.features = tuple(names), features
+        self.names, self.features, self.maps = tuple(names), features, maps
 
     def __getitem__(self, index: int):
         rows = self.rows(index)
@@ -169,20 +209,22 @@ class FeatureBatches(BatchSequence):
                 inputs["features"] = np.stack(views)[pick, np.arange(len(rows))]
             else:
                 inputs["features"] = views[0]
+        if "feature_map" in self.names:
+            inputs["feature_map"] = self.maps[rows].astype(np.float32)
         return inputs, targets
 
 
-def predict_inputs(model: keras.Model, names: Sequence[str], images: np.ndarray,
-                   features: np.ndarray, batch_size: int = 256) -> list[np.ndarray]:
-    """The training model's probabilities, one array per output."""
+def predict_inputs(model: keras.Model, inputs: dict[str, np.ndarray],
+                   batch_size: int = 256) -> list[np.ndarray]:
+    """The training model's probabilities on ``inputs`` (`BackboneData.inputs`), one array
+    per output."""
     chunks: list[list] = [[] for _ in model.outputs]
-    for start in range(0, len(images), batch_size):
-        inputs = {}
-        if "image" in names:
-            inputs["image"] = to_model_input(images[start:start + batch_size])
-        if "features" in names:
-            inputs["features"] = features[start:start + batch_size]
-        outputs = model(inputs, training=False)
+    count = len(next(iter(inputs.values())))
+    for start in range(0, count, batch_size):
+        batch = {name: (to_model_input(value[start:start + batch_size]) if name == "image"
+                        else value[start:start + batch_size].astype(np.float32))
+                 for name, value in inputs.items()}
+        outputs = model(batch, training=False)
         outputs = outputs if isinstance(outputs, (list, tuple)) else [outputs]
         for chunk, out in zip(chunks, outputs):
             chunk.append(keras.ops.convert_to_numpy(out))
@@ -221,9 +263,11 @@ class FrozenBackbone:
         return self.data.color_images[self.rows[name]]
 
     def training_model(self, heads: Sequence[HeadSpec]) -> keras.Model:
-        self.names = training_inputs(heads)
+        self.names = training_inputs(heads, self.data.maps is not None)
         dims = next(iter(self.data.features.values())).shape[1]
-        return build_training_model(heads, self.config.input_size, dims)
+        maps = self.data.maps
+        return build_training_model(heads, self.config.input_size, dims,
+                                    map_shape=None if maps is None else maps.shape[1:])
 
     def batches(self, name: str, targets: dict[str, np.ndarray],
                 recolor: Recoloring | None = None) -> FeatureBatches:
@@ -234,13 +278,12 @@ class FrozenBackbone:
                               {v: self.data.features[v][rows] for v in views}, targets,
                               self.config.batch_size, shuffle=training,
                               augment=training and self.config.augment, seed=self.config.seed,
-                              recolor=recolor if training else None)
+                              recolor=recolor if training else None,
+                              maps=None if self.data.maps is None else self.data.maps[rows])
 
     def predict(self, model: keras.Model, name: str) -> list[np.ndarray]:
         """The training model's outputs on one split's plain features."""
-        rows = self.rows[name]
-        return predict_inputs(model, self.names, self.data.color_images[rows],
-                              self.data.features["plain"][rows])
+        return predict_inputs(model, self.data.inputs(self.names, self.rows[name]))
 
     def evaluate(self, model: keras.Model, heads, name: str,
                  targets: dict[str, np.ndarray]) -> dict:
@@ -252,4 +295,5 @@ class FrozenBackbone:
         from fashionnet.model.efficientnet_lite import pretrained_lite0
 
         return build_inference_model(heads, self.config.input_size,
-                                     pretrained_lite0(BACKBONE_SIZE), trained)
+                                     pretrained_lite0(BACKBONE_SIZE), trained,
+                                     attention=self.data.maps is not None)

@@ -77,7 +77,7 @@ _TRAIN_SETTINGS = ("dataset", "multi", "separator", "architecture", "input_size"
                    "recolor_outside", "balance_classes", "label_smoothing", "split",
                    "val_fraction", "test_fraction", "holdout", "seed", "patience", "dedupe",
                    "precise_bn", "calibrate", "strict", "cache", "allow_outside",
-                   "backbone")
+                   "backbone", "category_attention")
 
 
 def _names(text: str) -> list[str]:

@@ -73,21 +73,24 @@ ARCHITECTURE_DEFAULTS: dict[str, dict[str, Any]] = {
                "garment_tone": 0.0, "local_contrast": False,
                "random_backdrop": 0.0, "category_dropout": 0.25, "bn_momentum": 0.99,
                "recolor": 0.0, "recolor_outside": 0.0, "precise_bn": False,
-               "balance_classes": False, "backbone": "scratch"},
+               "balance_classes": False, "backbone": "scratch",
+            "category_attention": False},
     "gap": {"input_size": 96, "epochs": 50, "lr_decay": "recipe", "augment": False,
             "shape_jitter": False, "mirror_average": False, "cutout": 0.0,
             "garment_map": False, "category_garment_map": False, "garment_tone": 0.0,
             "local_contrast": False,
             "random_backdrop": 0.0, "category_dropout": 0.25, "bn_momentum": 0.99,
             "recolor": 0.0, "recolor_outside": 0.0, "precise_bn": False,
-            "balance_classes": False, "backbone": "scratch"},
+            "balance_classes": False, "backbone": "scratch",
+            "category_attention": False},
     "disentangled": {"input_size": 64, "epochs": 30, "lr_decay": "cosine", "augment": False,
                      "shape_jitter": True, "mirror_average": True, "cutout": 0.0,
                      "garment_map": False, "category_garment_map": False,
                      "garment_tone": 0.0, "local_contrast": False,
                      "random_backdrop": 0.5, "category_dropout": 0.0, "bn_momentum": 0.9,
                      "recolor": 0.5, "recolor_outside": 0.0, "precise_bn": True,
-                     "balance_classes": True, "backbone": "efficientnet-lite0"},
+                     "balance_classes": True, "backbone": "efficientnet-lite0",
+                     "category_attention": False},
 }
 LR_DECAYS = ("recipe", "cosine", "none")
 
@@ -243,6 +246,11 @@ SETTINGS: dict[str, Setting] = {
                                           "the category head's prediction: colour is read off "
                                           "the garment the label is about (outfit photos); "
                                           "implies garment_map"),
+    "category_attention": Setting(bool, "with a pretrained backbone, colour heads pool over "
+                                        "where the category head sees the category it names "
+                                        "(its class activation map on the backbone's 7x7 "
+                                        "feature map; read only): colour is read off the "
+                                        "labelled garment of an outfit photo"),
     "recolor": Setting(float, "share of training images repainted in another colour, label "
                               "moved with it", minimum=0.0, maximum=1.0, metavar="P",
                       search=("uniform", 0.2, 0.8)),
@@ -368,6 +376,7 @@ class TrainConfig:
     calibrate: bool = True
     precise_bn: bool | None = None  # re-estimate BatchNorm statistics after training
     backbone: str | None = None  # the category heads' features (BACKBONES); None: the architecture's
+    category_attention: bool | None = None  # colour pooled where the category head looks
 
     def __post_init__(self) -> None:
         if isinstance(self.dataset, os.PathLike):
@@ -409,6 +418,10 @@ class TrainConfig:
         branch's settings at the architecture's values; anything else is refused here, before
         minutes of loading."""
         if self.backbone == "scratch":
+            if self.category_attention:
+                raise FashionNetError("category_attention reads a pretrained backbone's feature "
+                                      "map; add --backbone efficientnet-lite0 or leave "
+                                      "category_attention unset")
             return
         fix = "--backbone scratch (backbone = \"scratch\" in a config file)"
         if self.architecture != "disentangled":

@@ -76,6 +76,7 @@ TEMPLATE_SETTINGS = ("dataset", "architecture", "backbone", "input_size", "epoch
                      "test_fraction", "seed", "holdout", "augment", "shape_jitter",
                      "mirror_average", "cutout", "garment_map", "category_garment_map",
                      "garment_tone", "random_backdrop", "category_dropout", "local_contrast",
+                     "category_attention",
                      "recolor", "recolor_outside", "balance_classes", "label_smoothing", "patience",
                      "precise_bn", "multi_separator")
 

@@ -267,9 +267,8 @@ def _trial(params: dict, base: dict, objective: str, holdout: list[str], cwd: st
                     from fashionnet.backbone_training import predict_inputs
                     from fashionnet.model.backbone_net import training_inputs
 
-                    probs = predict_inputs(self.model, training_inputs(data.heads),
-                                           data.backbone.color_images[held],
-                                           data.backbone.features["plain"][held])
+                    names = training_inputs(data.heads, data.backbone.maps is not None)
+                    probs = predict_inputs(self.model, data.backbone.inputs(names, held))
                 scored = evaluate_split(self.model, data.heads, data.images[held],
                                         data.targets(held), probs=probs)
                 metrics["heldout_exact_match"] = float(scored["exact_match"])

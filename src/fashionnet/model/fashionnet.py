@@ -78,7 +78,7 @@ def shallow_feature_map(x, prefix: str, momentum: float = 0.99):
 
 
 def pixel_color_head(inputs, head: HeadSpec, hidden: int = 48, downsample: int = 2,
-                     garment_features=None, category_probabilities=None):
+                     garment_features=None, category_probabilities=None, class_maps=None):
     """A colour head that cannot see shape or texture: every convolution acts on one pixel.
 
     The image is first averaged over ``downsample`` x ``downsample`` blocks; two 1x1
@@ -97,6 +97,10 @@ def pixel_color_head(inputs, head: HeadSpec, hidden: int = 48, downsample: int =
     ``category_probabilities``, a category head's output, make that score one map per category,
     mixed by the predicted category (`CategoryMap`): in an outfit photo the head pools over the
     garment the label is about, not over every garment.
+    ``class_maps``, a pretrained backbone's class activation maps (B, h, w, categories: the
+    category head's dense layer on each cell of the backbone's feature map), mixed by
+    ``category_probabilities`` and standardised per image, do the same with nothing learned
+    but one gain: the colour head pools where the category head sees the garment it names.
     """
     if downsample > 1:
         inputs = layers.AveragePooling2D(downsample, name=f"{head.name}_downsample")(inputs)
@@ -116,6 +120,14 @@ def pixel_color_head(inputs, head: HeadSpec, hidden: int = 48, downsample: int =
             where = CategoryMap(name=f"{head.name}_category_map")([where,
                                                                     category_probabilities])
         attention = layers.Add(name=f"{head.name}_attention")([attention, where])
+    if class_maps is not None:
+        focus = CategoryMap(name=f"{head.name}_class_map")([class_maps, category_probabilities])
+        focus = ImageStandardization(name=f"{head.name}_class_map_standardized")(focus)
+        # Read only (the colour loss must not train the category head), on the head's grid.
+        focus = GarmentLocation(name=f"{head.name}_class_map_grid")([focus, inputs])
+        focus = layers.Conv2D(1, 1, kernel_initializer="zeros",
+                              name=f"{head.name}_category_attention")(focus)
+        attention = layers.Add(name=f"{head.name}_focus")([attention, focus])
     pooled = GarmentWeightedPooling(name=f"{head.name}_pooling")([x, attention, distance])
     x = layers.Dense(hidden, activation="relu", name=f"{head.name}_fc")(pooled)
     x = layers.Dense(len(head.classes), name=f"{head.name}_logits")(x)

@@ -45,6 +45,7 @@ class Backbone:
     input_size: int
     dims: int
     model: Callable[[np.ndarray], np.ndarray]
+    dtype: str = "float32"  # what is stored: a feature map's 62,720 values keep float16
 
     def folder(self, view: str) -> str:
         return (f"{self.name}_{self.weights_sha256[:16]}_{self.input_size}px_gray3_{view}"
@@ -107,23 +108,24 @@ def _decode_bytes(path: Path, data: bytes, size: int) -> np.ndarray | str:
         return f"{path}: {str(exc).split(': ', 1)[-1]}"
 
 
-def _load(path: Path, dims: int) -> np.ndarray | None:
-    """A cached vector, or None when absent or not a float32 vector of ``dims`` finite values."""
+def _load(path: Path, dims: int, dtype: str = "float32") -> np.ndarray | None:
+    """A cached vector, or None when absent or not a ``dtype`` vector of ``dims`` finite
+    values."""
     try:
         value = np.load(path, allow_pickle=False)
     except (OSError, ValueError):
         return None
     if (not isinstance(value, np.ndarray) or value.shape != (dims,)
-            or value.dtype != np.float32 or not np.isfinite(value).all()):
+            or value.dtype != np.dtype(dtype) or not np.isfinite(value).all()):
         return None
     return value
 
 
-def _save(path: Path, value: np.ndarray) -> None:
+def _save(path: Path, value: np.ndarray, dtype: str = "float32") -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     with open(temporary, "wb") as handle:
-        np.save(handle, value.astype(np.float32), allow_pickle=False)
+        np.save(handle, value.astype(dtype), allow_pickle=False)
     os.replace(temporary, path)
 
 
@@ -159,7 +161,7 @@ def extract_features(paths: Sequence[str | Path], backbone: Backbone,
                 missing = False
                 for view in views:
                     hit = _load(root / backbone.folder(view) / digest[:2] / f"{digest}.npy",
-                                backbone.dims) if root else None
+                                backbone.dims, backbone.dtype) if root else None
                     results[view][i] = hit
                     missing = missing or hit is None
                 if missing and digest in first:
@@ -183,7 +185,7 @@ def extract_features(paths: Sequence[str | Path], backbone: Backbone,
                             results[view][i] = value
                             if root:
                                 _save(root / backbone.folder(view) / digest[:2] /
-                                      f"{digest}.npy", value)
+                                      f"{digest}.npy", value, backbone.dtype)
                     computed += len(good)
                 seconds += time.perf_counter() - began
             for i, j in copies.items():
@@ -197,12 +199,13 @@ def extract_features(paths: Sequence[str | Path], backbone: Backbone,
         bar.close()
     kept = np.array([i for i in range(len(paths)) if i not in failures], dtype=np.int64)
     arrays = {v: (np.stack([results[v][i] for i in kept]) if len(kept)
-                  else np.zeros((0, backbone.dims), np.float32)) for v in views}
+                  else np.zeros((0, backbone.dims), backbone.dtype)) for v in views}
     return Features(arrays, kept, [failures[i] for i in sorted(failures)], computed, seconds)
 
 
 def _run(backbone: Backbone, pixels: np.ndarray) -> np.ndarray:
     values = np.asarray(backbone.model(np.ascontiguousarray(pixels)), dtype=np.float32)
+    values = values.reshape(len(pixels), -1).astype(backbone.dtype)
     if values.shape != (len(pixels), backbone.dims):
         raise ValueError(f"{backbone.name} returned {values.shape}, not "
                          f"({len(pixels)}, {backbone.dims})")
