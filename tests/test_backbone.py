@@ -356,3 +356,4 @@ def test_a_damaged_cache_entry_is_recomputed_and_a_bad_image_skipped(tmp_path):
     np.testing.assert_array_equal(again.views["plain"], first.views["plain"])
     with pytest.raises(ValueError, match="unknown view"):
         extract_features(paths, backbone, ("sideways",), root=root, progress=False)
+

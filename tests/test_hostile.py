@@ -258,6 +258,47 @@ def test_cache_files_are_fsynced_before_the_rename(tmp_path, monkeypatch):
     assert len(synced) >= 4  # three files and their folder
 
 
+@pytest.mark.parametrize("damage", ["float32", "shape", "truncated", "nan", "pickle"])
+def test_a_feature_map_cache_entry_of_the_wrong_kind_is_recomputed(tmp_path, damage):
+    """Feature maps (`category_attention`) are kept as float16 arrays of one shape: a stored
+    file of another dtype, shape, a cut file, non-finite values or a pickled object is not
+    read (never unpickled) but computed again."""
+    import pickle
+
+    from fashionnet.model.feature_cache import Backbone, extract_features
+
+    def model(x: np.ndarray) -> np.ndarray:  # a (n, 2, 2, 3) "feature map"
+        return x[:, ::8, ::8, :].astype(np.float32)
+
+    backbone = Backbone("toy-map", "cd" * 32, 16, 12, model, dtype="float16")
+    from PIL import Image
+
+    paths = []
+    for i, colour in enumerate([(200, 30, 10), (10, 30, 200), (90, 90, 90)]):
+        paths.append(tmp_path / "img" / f"p{i}.png")
+        paths[-1].parent.mkdir(exist_ok=True)
+        Image.new("RGB", (20, 20), colour).save(paths[-1])
+    root = tmp_path / "features"
+    first = extract_features(paths, backbone, root=root, progress=False)
+    assert first.views["plain"].dtype == np.float16 and first.views["plain"].shape == (3, 12)
+    entries = sorted(root.rglob("*.npy"))
+    assert len(entries) == 3
+    for entry in entries:
+        if damage == "float32":
+            np.save(entry, np.ones(12, np.float32), allow_pickle=False)
+        elif damage == "shape":
+            np.save(entry, np.ones(13, np.float16), allow_pickle=False)
+        elif damage == "truncated":
+            entry.write_bytes(entry.read_bytes()[:-5])
+        elif damage == "nan":
+            np.save(entry, np.full(12, np.nan, np.float16), allow_pickle=False)
+        else:
+            entry.write_bytes(pickle.dumps(np.ones(12, np.float16)))
+    again = extract_features(paths, backbone, root=root, progress=False)
+    assert again.computed == 3
+    np.testing.assert_array_equal(again.views["plain"], first.views["plain"])
+
+
 # --- 5 & 6. bundles are checked against their model; bad ones fail in one line ------------
 
 
