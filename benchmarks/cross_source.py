@@ -1,6 +1,7 @@
 """Score fashion-trained bundles on photos from another source: ../shared/datasets/apparel.
 
     python benchmarks/cross_source.py src/fashionnet/default_model runs/mine [--name NAME]
+        [--no-abstain]
 
 The shipped model is judged, outside this repo, on photos from other sources; this is the
 nearest check we can run here. Apparel's folders are mapped onto the bundle's labels: its
@@ -44,11 +45,12 @@ def folders(apparel: Path, colours: set[str], categories: set[str]
     return chosen
 
 
-def score(bundle_dir: str, apparel: Path, only: set[str] | None = None) -> dict:
+def score(bundle_dir: str, apparel: Path, only: set[str] | None = None,
+          abstain: bool = True) -> dict:
     from fashionnet.heads import combination
     from fashionnet.inference import expand_inputs, load
 
-    predictor = load(bundle_dir)
+    predictor = load(bundle_dir, abstain=abstain)
     heads = {h.name: h for h in predictor.heads}
     trained = set(predictor.bundle.trained_combinations)
     rows = {}
@@ -76,7 +78,7 @@ def score(bundle_dir: str, apparel: Path, only: set[str] | None = None) -> dict:
         totals[group][1] += n
         rows[folder.name] = {"group": group, **row}
     summary = {g: (r / n if n else None) for g, (r, n) in totals.items()}
-    return {"bundle": str(bundle_dir), "folders": rows, "summary": summary,
+    return {"bundle": str(bundle_dir), "abstain": abstain, "folders": rows, "summary": summary,
             "counts": {g: n for g, (_, n) in totals.items()}}
 
 
@@ -86,6 +88,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--apparel", type=Path, default=APPAREL)
     parser.add_argument("--name", help="results file name (one bundle only)")
     parser.add_argument("--folders", help="score only these apparel folders (comma-separated)")
+    parser.add_argument("--no-abstain", dest="abstain", action="store_false",
+                        help="ignore the bundle's out-of-set rules: every photo gets a label "
+                             "(as bundles before the rules were scored; an unknown counts as "
+                             "wrong otherwise)")
     args = parser.parse_args(argv)
     if not args.apparel.is_dir():
         print(f"{args.apparel}: not found (the apparel dataset lives in ../shared)")
@@ -94,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     only = set(args.folders.split(",")) if args.folders else None
     for bundle in args.bundles:
-        result = score(bundle, args.apparel, only)
+        result = score(bundle, args.apparel, only, args.abstain)
         name = (Path(args.name).name if args.name and len(args.bundles) == 1
                 else "_".join(Path(bundle).parts[-3:]) if "folds" in Path(bundle).parts
                 else Path(bundle).name)

@@ -47,6 +47,7 @@ from fashionnet.errors import FashionNetError
 from fashionnet.heads import HeadSpec
 from fashionnet.model.backbone_net import (
     BACKBONE_SIZE,
+    attention_head,
     build_inference_model,
     build_training_model,
     resample_images,
@@ -151,7 +152,7 @@ def attach(data: Dataset, config: TrainConfig, progress: bool = True) -> Dataset
     found = extract_features(paths, backbone, VIEWS, cache=config.cache, progress=progress)
     keep = np.intersect1d(decoded.kept, found.kept)
     mapped = None
-    if config.category_attention:
+    if config.category_attention and attention_head(data.heads) is not None:
         mapped = extract_features(paths, lite0_map_backbone(), ("plain",), cache=config.cache,
                                   progress=progress)
         keep = np.intersect1d(keep, mapped.kept)
