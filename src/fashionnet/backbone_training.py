@@ -9,7 +9,9 @@ callbacks, calibration, metrics, bundle) is the scratch path's.
   Lite0 features of the grayscale image (plain and mirrored) come from the feature cache
   (`fashionnet.model.feature_cache`), so a second run, or fold, runs no backbone at all.
   The colour heads' training images are the 224 px images resampled to the input size as the
-  shipped model does it (`resample_images`).
+  shipped model does it (`resample_images`). With ``category_attention`` each image's 7x7
+  feature map before pooling (plain view) comes from its own cache as well (float16), for the
+  colour heads' class activation maps.
 * Training: the colour heads on those images (recolouring, as in a scratch run), every other
   head on the features, of a random view (plain or mirror) per image and step. Recolouring
   repaints the colour head's image only: the features stay the original image's. The category

@@ -4,6 +4,9 @@ Training (`build_training_model`) reads two inputs: the colour heads (`pixel_col
 unchanged) read the image at the run's input size, the other heads read the backbone's pooled
 features of the grayscale image, computed once per image (`fashionnet.model.feature_cache`).
 Each such head is dropout then one dense layer (a logistic regression on the features).
+With ``category_attention`` the training model also reads each image's 7x7 feature map before
+pooling, and the colour heads pool by the category head's class activation map on it
+(`outputs_on`); the bundle's model takes that map from its own Lite0 (`feature_map_model`).
 
 The bundle's model (`build_inference_model`) takes one image at `BACKBONE_SIZE` px in [0, 1],
 as every bundle's model does (``preprocessing.scale`` 1/255): the colour heads read a copy
