@@ -297,7 +297,7 @@ def test_category_attention_bundle_matches_the_training_model(tiny_dataset, tmp_
     for layer in trained.layers:
         if layer.weights:
             layer.set_weights(shipped_model.get_layer(layer.name).get_weights())
-    probs = predict_inputs(trained, data.backbone.inputs(frozen.names, rows))
+    probs = predict_inputs(trained, data.backbone.inputs(frozen.names), rows)
     for a, b in zip(shipped, probs):
         np.testing.assert_allclose(a, b, atol=5e-3)
     # The ONNX export holds the same graph (`export` checks parity with Keras before writing).

@@ -78,12 +78,16 @@ class BackboneData:
     #: ``category_attention`` (None without it)
     maps: np.ndarray | None = None
 
-    def inputs(self, names: Sequence[str], rows: np.ndarray,
-               view: str = "plain") -> dict[str, np.ndarray]:
-        """The training model's inputs (`training_inputs` ``names``) for ``rows``."""
+    def input_names(self, heads: Sequence[HeadSpec]) -> tuple[str, ...]:
+        """The training model's inputs for ``heads`` (`training_inputs`)."""
+        return training_inputs(heads, self.maps is not None)
+
+    def inputs(self, names: Sequence[str], view: str = "plain") -> dict[str, np.ndarray]:
+        """The arrays behind the training model's inputs ``names``, every image's (not
+        copied: `predict_inputs` takes the rows it needs batch by batch)."""
         arrays = {"image": self.color_images, "features": self.features[view],
                   "feature_map": self.maps}
-        return {name: arrays[name][rows] for name in names}
+        return {name: arrays[name] for name in names}
 
 
 class _LazyLite0:
@@ -188,16 +192,18 @@ class FeatureBatches(BatchSequence):
     """Batches of ({image, features[, feature_map]}, {output: targets}); training batches are
     reshuffled every epoch, recoloured like a scratch run's (image and colour label only) and
     take each image's features of a random view (the feature map, which places the colour
-    heads' pooling on the image as it is, stays the plain view's)."""
+    heads' pooling on the image as it is, stays the plain view's). ``maps`` is every image's
+    feature map and ``map_rows`` the rows of this split in it: 125 kB an image, not copied."""
 
     def __init__(self, names: Sequence[str], images: np.ndarray,
                  features: dict[str, np.ndarray], targets: dict[str, np.ndarray],
                  batch_size: int = 32, shuffle: bool = False, augment: bool = False,
                  seed: int = 0, recolor: Recoloring | None = None,
-                 maps: np.ndarray | None = None):
+                 maps: np.ndarray | None = None, map_rows: np.ndarray | None = None):
         super().__init__(images, targets, batch_size, shuffle=shuffle, augment=augment,
                          seed=seed, recolor=recolor)
-        self.names, self.features, self.maps = tuple(names), features, maps
+        self.names, self.features = tuple(names), features
+        self.maps, self.map_rows = maps, map_rows
 
     def __getitem__(self, index: int):
         rows = self.rows(index)
@@ -213,19 +219,19 @@ class FeatureBatches(BatchSequence):
             else:
                 inputs["features"] = views[0]
         if "feature_map" in self.names:
-            inputs["feature_map"] = self.maps[rows].astype(np.float32)
+            inputs["feature_map"] = self.maps[self.map_rows[rows]].astype(np.float32)
         return inputs, targets
 
 
-def predict_inputs(model: keras.Model, inputs: dict[str, np.ndarray],
+def predict_inputs(model: keras.Model, inputs: dict[str, np.ndarray], rows: np.ndarray,
                    batch_size: int = 256) -> list[np.ndarray]:
-    """The training model's probabilities on ``inputs`` (`BackboneData.inputs`), one array
-    per output."""
+    """The training model's probabilities on ``rows`` of ``inputs`` (`BackboneData.inputs`),
+    one array per output."""
     chunks: list[list] = [[] for _ in model.outputs]
-    count = len(next(iter(inputs.values())))
-    for start in range(0, count, batch_size):
-        batch = {name: (to_model_input(value[start:start + batch_size]) if name == "image"
-                        else value[start:start + batch_size].astype(np.float32))
+    for start in range(0, len(rows), batch_size):
+        take = rows[start:start + batch_size]
+        batch = {name: (to_model_input(value[take]) if name == "image"
+                        else value[take].astype(np.float32))
                  for name, value in inputs.items()}
         outputs = model(batch, training=False)
         outputs = outputs if isinstance(outputs, (list, tuple)) else [outputs]
@@ -266,7 +272,7 @@ class FrozenBackbone:
         return self.data.color_images[self.rows[name]]
 
     def training_model(self, heads: Sequence[HeadSpec]) -> keras.Model:
-        self.names = training_inputs(heads, self.data.maps is not None)
+        self.names = self.data.input_names(heads)
         dims = next(iter(self.data.features.values())).shape[1]
         maps = self.data.maps
         return build_training_model(heads, self.config.input_size, dims,
@@ -282,11 +288,11 @@ class FrozenBackbone:
                               self.config.batch_size, shuffle=training,
                               augment=training and self.config.augment, seed=self.config.seed,
                               recolor=recolor if training else None,
-                              maps=None if self.data.maps is None else self.data.maps[rows])
+                              maps=self.data.maps, map_rows=rows)
 
     def predict(self, model: keras.Model, name: str) -> list[np.ndarray]:
         """The training model's outputs on one split's plain features."""
-        return predict_inputs(model, self.data.inputs(self.names, self.rows[name]))
+        return predict_inputs(model, self.data.inputs(self.names), self.rows[name])
 
     def evaluate(self, model: keras.Model, heads, name: str,
                  targets: dict[str, np.ndarray]) -> dict:

@@ -77,7 +77,7 @@ ARCHITECTURE_DEFAULTS: dict[str, dict[str, Any]] = {
                "random_backdrop": 0.0, "category_dropout": 0.25, "bn_momentum": 0.99,
                "recolor": 0.0, "recolor_outside": 0.0, "precise_bn": False,
                "balance_classes": False, "backbone": "scratch",
-            "category_attention": False},
+               "category_attention": False},
     "gap": {"input_size": 96, "epochs": 50, "lr_decay": "recipe", "augment": False,
             "shape_jitter": False, "mirror_average": False, "cutout": 0.0,
             "garment_map": False, "category_garment_map": False, "garment_tone": 0.0,

@@ -265,10 +265,9 @@ def _trial(params: dict, base: dict, objective: str, holdout: list[str], cwd: st
                 probs = None
                 if data.backbone is not None:  # the two-input training model of a frozen backbone
                     from fashionnet.backbone_training import predict_inputs
-                    from fashionnet.model.backbone_net import training_inputs
 
-                    names = training_inputs(data.heads, data.backbone.maps is not None)
-                    probs = predict_inputs(self.model, data.backbone.inputs(names, held))
+                    names = data.backbone.input_names(data.heads)
+                    probs = predict_inputs(self.model, data.backbone.inputs(names), held)
                 scored = evaluate_split(self.model, data.heads, data.images[held],
                                         data.targets(held), probs=probs)
                 metrics["heldout_exact_match"] = float(scored["exact_match"])
